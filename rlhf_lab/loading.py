@@ -1,0 +1,223 @@
+"""Load a causal LM with its tokenizer, and the lab's text and prompt datasets, from one name.
+
+A name is one of:
+- "tiny": the lab's own tiny GPT-2 in data/tiny-gpt2 (the offline default);
+- a local directory written by `save_pretrained` (or a data file / `save_to_disk` folder);
+- a Hugging Face hub id such as "gpt2", "distilgpt2" or "stanfordnlp/imdb", for online users.
+Hub ids go through the ordinary `from_pretrained` / `datasets.load_dataset`, so the path online users
+run is the path the tests run on local directories.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import datasets
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .utils import DATA_DIR, LabError, pick_device
+
+TINY = "tiny"
+TINY_MODEL_DIR = DATA_DIR / "tiny-gpt2"
+
+OFFLINE_HINT = ("If you are offline, use the lab's own model with name='tiny', or a local directory "
+                "written by save_pretrained().")
+
+
+def resolve_model_name(name: str | Path) -> str:
+    """"tiny" -> data/tiny-gpt2; an existing path -> that path; anything else stays a hub id."""
+    if str(name) == TINY:
+        if not (TINY_MODEL_DIR / "config.json").is_file():
+            raise LabError(f"The tiny GPT-2 is missing from {TINY_MODEL_DIR}. It ships with the repository "
+                           "(git checkout data/); to make it again run: python -m rlhf_lab.pretrain")
+        return str(TINY_MODEL_DIR)
+    return str(name)
+
+
+def _explain_load_error(name: str, what: str, err: Exception) -> LabError:
+    """Turn whatever from_pretrained raised into one sentence a learner can act on."""
+    path = Path(name)
+    reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+    if path.exists():
+        return LabError(f"Could not load the {what} from the local folder {path}: its files are missing or "
+                        f"corrupted ({reason}). Save it again with save_pretrained(), or load name='tiny'.")
+    if "/" in name and (name.startswith((".", "/", "~")) or name.endswith((".json", ".jsonl"))):
+        return LabError(f"No such file or folder: {name}. Check the path, or load name='tiny'.")
+    example = "'stanfordnlp/imdb'" if what == "dataset" else "'gpt2', 'distilgpt2'"
+    return LabError(f"Could not load the {what} {name!r} from the Hugging Face hub ({reason}). "
+                    f"Check the name (e.g. {example}). {OFFLINE_HINT}")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all (a quick TCP connect, no download)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    from huggingface_hub import constants
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(loader, name: str, what: str, **kwargs):
+    """`loader.from_pretrained(name)`, with one clear error when it cannot work.
+
+    A local folder loads as it is. A hub id loads from the local cache when it is there (no network);
+    otherwise we check that the hub answers before asking, instead of letting an offline learner wait
+    through a minute of retries.
+    """
+    if Path(name).exists():
+        try:
+            return loader.from_pretrained(name, local_files_only=True, **kwargs)
+        except Exception as err:
+            raise _explain_load_error(name, what, err) from None
+    try:
+        return loader.from_pretrained(name, local_files_only=True, **kwargs)
+    except Exception:
+        pass  # not cached: ask the hub below
+    if not hub_reachable():
+        raise LabError(f"Could not load the {what} {name!r}: it is not a local folder, not in the Hugging "
+                       f"Face cache, and the hub cannot be reached. {OFFLINE_HINT}")
+    try:
+        return loader.from_pretrained(name, **kwargs)
+    except Exception as err:
+        raise _explain_load_error(name, what, err) from None
+
+
+def load_tokenizer(name: str | Path = TINY) -> PreTrainedTokenizerBase:
+    """The tokenizer for `name`, made ready for batching.
+
+    The hub's GPT-2 tokenizer has no pad token and one token for BOS and EOS. We then pad with EOS,
+    and every stage finds padding through the attention mask and the EOS through its position, never
+    by comparing token ids with pad_token_id (that would mask the real EOS and the model would never
+    learn to stop). The tiny world's tokenizer has its own <|pad|>.
+    """
+    name = resolve_model_name(name)
+    tokenizer = _from_pretrained(AutoTokenizer, name, "tokenizer", trust_remote_code=False)
+    if tokenizer.eos_token is None:
+        raise LabError(f"The tokenizer of {name} has no EOS token; the lab needs one to end samples.")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name: str | Path = TINY, device: str | torch.device | None = "auto",
+               dtype: torch.dtype | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM and its tokenizer, on `device` ("auto": CUDA, MPS or CPU), in eval mode.
+
+    Weights load from safetensors only; no remote code runs.
+    """
+    tokenizer = load_tokenizer(name)
+    name = resolve_model_name(name)
+    model = _from_pretrained(AutoModelForCausalLM, name, "model", dtype=dtype, use_safetensors=True,
+                             trust_remote_code=False)
+    if model.config.vocab_size < len(tokenizer):
+        raise LabError(f"The tokenizer of {name} has {len(tokenizer)} tokens but the model only "
+                       f"{model.config.vocab_size}: they do not belong together.")
+    # generate() reads these; the hub's GPT-2 has no pad id, so we give it the tokenizer's.
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.to(pick_device(device))
+    model.eval()
+    return model, tokenizer
+
+
+# -----------------------------------------------------------------------------
+# datasets
+
+
+def _load_local_dataset(path: Path, split: str) -> datasets.Dataset:
+    """A data file (.jsonl, .json, .csv, .txt, .parquet) or a folder of them, or a save_to_disk folder."""
+    if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
+        loaded = datasets.load_from_disk(str(path))
+        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    if path.is_file():
+        suffix = path.suffix.lower()
+        builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".txt": "text", ".parquet": "parquet"}.get(suffix)
+        if builder is None:
+            raise LabError(f"{path}: unknown data file type {suffix!r}; use .jsonl, .json, .csv, .txt or .parquet.")
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    return datasets.load_dataset(str(path), split=split)  # a folder of data files, as on the hub
+
+
+def _load_hub_dataset(name: str, split: str) -> datasets.Dataset:
+    """datasets.load_dataset for a hub id, failing at once (not after a minute of retries) offline."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    if not offline and not hub_reachable():
+        raise LabError(f"Could not load the dataset {name!r}: it is not a local file or folder and the "
+                       "Hugging Face hub cannot be reached. Use the tiny world (name='tiny') or a local "
+                       "file; if the dataset is in your Hugging Face cache, set HF_HUB_OFFLINE=1.")
+    return datasets.load_dataset(name, split=split)
+
+
+def load_texts(name: str | Path = TINY, split: str = "train", column: str = "text",
+               limit: int | None = None) -> datasets.Dataset:
+    """A dataset of texts with one column "text".
+
+    "tiny": data/reviews/{split}.jsonl; a hub id such as "stanfordnlp/imdb" through
+    datasets.load_dataset; a local file or folder. `column` names the text column if it is not "text".
+    """
+    if str(name) == TINY:
+        path = DATA_DIR / "reviews" / f"{split}.jsonl"
+        if not path.is_file():
+            raise LabError(f"The tiny world's reviews are missing: {path}. They ship with the repository; "
+                           "to make them again run: python -m rlhf_lab.corpus --seed 0 --out data")
+        ds = _load_local_dataset(path, split)
+    else:
+        path = Path(name)
+        try:
+            ds = _load_local_dataset(path, split) if path.exists() else _load_hub_dataset(str(name), split)
+        except LabError:
+            raise
+        except Exception as err:
+            raise _explain_load_error(str(name), "dataset", err) from None
+    if column not in ds.column_names:
+        raise LabError(f"{name}: no column {column!r} (it has {ds.column_names}); pass column=... to choose one.")
+    ds = ds.select_columns([column])
+    if column != "text":
+        ds = ds.rename_column(column, "text")
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    return ds
+
+
+def load_prompts(name: str | Path = TINY, split: str = "train", limit: int | None = None,
+                 seed: int = 0, min_words: int = 2, max_words: int = 5) -> datasets.Dataset:
+    """A dataset with one column "prompt": openings of reviews for the policy to continue.
+
+    "tiny": data/prompts/{split}.jsonl. Anything else is loaded with load_texts and each text is cut to
+    its first few words, as TRL's sentiment notebook cut IMDB reviews into prompts.
+    """
+    if str(name) == TINY:
+        path = DATA_DIR / "prompts" / f"{split}.jsonl"
+        if not path.is_file():
+            raise LabError(f"The tiny world's prompts are missing: {path}. To make them again run: "
+                           "python -m rlhf_lab.corpus --seed 0 --out data")
+        ds = _load_local_dataset(path, split).select_columns(["prompt"])
+    else:
+        from .corpus import review_prompts
+        texts = load_texts(name, split=split, limit=limit)["text"]
+        ds = datasets.Dataset.from_dict({"prompt": review_prompts(texts, seed=seed, min_words=min_words,
+                                                                  max_words=max_words)})
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    return ds
+
+
+def describe_world(name: str | Path = TINY) -> dict:
+    """Which world a name belongs to and where it loads from, for the welcome notebook's check."""
+    resolved = resolve_model_name(name)
+    world = "tiny" if str(name) == TINY else ("local" if Path(resolved).exists() else "hub")
+    info = {"name": str(name), "world": world, "source": resolved}
+    config = Path(resolved) / "config.json"
+    if config.is_file():
+        cfg = json.loads(config.read_text())
+        info.update({k: cfg.get(k) for k in ("n_layer", "n_embd", "n_head", "vocab_size", "n_positions")})
+    return info

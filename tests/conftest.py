@@ -1,0 +1,29 @@
+"""Shared fixtures: the tiny world, loaded once per test session."""
+
+import os
+
+import pytest
+import torch
+
+# Tests never reach for the network: hub code paths are tested on local folders.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(model, tokenizer) of the tiny GPT-2, on the CPU, in eval mode. Do not train it in place."""
+    from rlhf_lab.loading import load_model
+    return load_model("tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def gpt2_like_tokenizer_dir(tmp_path_factory, tiny):
+    """The tiny tokenizer saved the way the hub's GPT-2 tokenizer is: no pad token, BOS = EOS."""
+    _, tokenizer = tiny
+    path = tmp_path_factory.mktemp("gpt2-like-tokenizer")
+    tok = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    tok.pad_token = None
+    tok.save_pretrained(path)
+    return path

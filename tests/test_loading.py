@@ -1,0 +1,128 @@
+"""rlhf_lab.loading: the tiny world, local folders (the hub code path), and the errors a learner sees."""
+
+import json
+import shutil
+
+import datasets
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlhf_lab.generation import sample
+from rlhf_lab.loading import TINY_MODEL_DIR, load_model, load_prompts, load_texts, load_tokenizer
+from rlhf_lab.utils import LabError, fast_mode, pick_device
+
+
+def test_tiny_gpt2_is_small_and_loads_with_plain_transformers(tiny):
+    model, tokenizer = tiny
+    assert (model.config.n_layer, model.config.n_embd) == (4, 128)
+    assert 3500 <= model.config.vocab_size <= 4200
+    assert sum(p.numel() for p in model.parameters()) < 10_000_000
+    assert (TINY_MODEL_DIR / "model.safetensors").is_file()
+    assert not list(TINY_MODEL_DIR.glob("*.bin"))  # safetensors only
+    plain = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR)
+    plain_tok = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
+    assert plain_tok.pad_token_id != plain_tok.eos_token_id
+    ids = torch.tensor([plain_tok("The acting was superb.")["input_ids"]])
+    torch.testing.assert_close(plain(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("text", ["The acting was superb, but the plot was not bad.",
+                                  "I didn't love it.\nStill: 7/10!", "Ünïcödé <script>alert(1)</script>  "])
+def test_tokenizer_round_trip(tiny, text):
+    _, tokenizer = tiny
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+
+
+def test_save_pretrained_then_load_from_the_folder_gives_the_same_logits(tiny, tmp_path):
+    model, tokenizer = tiny
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    again, tok = load_model(tmp_path, device="cpu")
+    ids = torch.tensor([tok("This film was never boring.")["input_ids"]])
+    torch.testing.assert_close(again(ids).logits, model(ids).logits)
+
+
+def test_gpt2_like_tokenizer_without_pad_gets_eos_as_pad(tiny, gpt2_like_tokenizer_dir, tmp_path):
+    """The hub's GPT-2: no pad token, one token for BOS and EOS. Sampling must still find each EOS."""
+    raw = AutoTokenizer.from_pretrained(gpt2_like_tokenizer_dir)
+    assert raw.pad_token is None and raw.bos_token == raw.eos_token
+    tokenizer = load_tokenizer(gpt2_like_tokenizer_dir)
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+    folder = tmp_path / "gpt2-like"
+    shutil.copytree(gpt2_like_tokenizer_dir, folder)
+    tiny[0].save_pretrained(folder)
+    model, tokenizer = load_model(folder, device="cpu")
+    rows = sample(model, tokenizer, ["The plot", "I expected more from"] * 8, max_new_tokens=64, seed=0)
+    assert sum(r["ended"] for r in rows) >= 12  # EOS found by position although pad == EOS
+    assert all(r["num_tokens"] <= 64 for r in rows)
+
+
+def test_unknown_hub_name_offline_says_what_to_do():
+    with pytest.raises(LabError, match="name='tiny'"):
+        load_model("no-such-org/no-such-model")
+
+
+def test_missing_folder_is_a_clear_error():
+    with pytest.raises(LabError, match="not a local folder"):
+        load_model("./no/such/folder")
+
+
+@pytest.mark.parametrize("damage", ["truncate-weights", "bad-config", "no-weights"])
+def test_corrupted_or_missing_files_are_a_clear_error(tmp_path, damage):
+    folder = tmp_path / "model"
+    shutil.copytree(TINY_MODEL_DIR, folder)
+    if damage == "truncate-weights":
+        data = (folder / "model.safetensors").read_bytes()
+        (folder / "model.safetensors").write_bytes(data[: len(data) // 3])
+    elif damage == "bad-config":
+        (folder / "config.json").write_text("{not json")
+    else:
+        (folder / "model.safetensors").unlink()
+    with pytest.raises(LabError, match=str(folder)):
+        load_model(folder, device="cpu")
+
+
+def test_tiny_texts_and_prompts():
+    texts = load_texts("tiny", split="validation")
+    assert texts.column_names == ["text"] and len(texts) == 1000
+    prompts = load_prompts("tiny", split="validation")
+    assert prompts.column_names == ["prompt"] and len(prompts) == 256
+    assert all(1 <= len(p.split()) <= 6 for p in prompts["prompt"])
+
+
+def test_dataset_hub_code_path_on_local_folders(tmp_path):
+    """A folder laid out as on the hub goes through datasets.load_dataset, like 'stanfordnlp/imdb'."""
+    hub_like = tmp_path / "imdb"
+    hub_like.mkdir()
+    rows = [{"text": "I loved this movie, the acting was superb.", "label": 1},
+            {"text": "This was a complete waste of time.", "label": 0}]
+    (hub_like / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = load_texts(hub_like, split="train")
+    assert ds["text"] == [r["text"] for r in rows]
+    prompts = load_prompts(hub_like, split="train", min_words=2, max_words=2)
+    assert prompts["prompt"] == ["I loved", "This was"]
+    # a save_to_disk folder too
+    datasets.Dataset.from_list(rows).save_to_disk(tmp_path / "saved")
+    assert load_texts(tmp_path / "saved", limit=1)["text"] == [rows[0]["text"]]
+    with pytest.raises(LabError, match="column='review'|no column 'review'"):
+        load_texts(hub_like, column="review")
+
+
+def test_unknown_dataset_offline_says_what_to_do():
+    with pytest.raises(LabError, match="tiny"):
+        load_texts("no-such-org/no-such-dataset")
+
+
+def test_device_choice_and_fast_mode(monkeypatch):
+    assert pick_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert pick_device("auto").type in ("cpu", "mps")
+        with pytest.raises(LabError, match="CUDA is not available"):
+            pick_device("cuda")
+    monkeypatch.setenv("RLHF_LAB_FAST", "1")
+    assert fast_mode(False) is True
+    monkeypatch.setenv("RLHF_LAB_FAST", "0")
+    assert fast_mode(True) is False
+    monkeypatch.delenv("RLHF_LAB_FAST")
+    assert fast_mode(False) is False
