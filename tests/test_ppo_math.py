@@ -1,0 +1,327 @@
+"""Pure unit tests of rlhf_lab/ppo_math.py on hand-made tensors: every assertion is a real number."""
+
+import math
+
+import pytest
+import torch
+
+from rlhf_lab.ppo_math import (
+    AdaptiveKLController,
+    FixedKLController,
+    entropy_from_logits,
+    explained_variance,
+    gae,
+    kl_estimate,
+    kl_shaped_rewards,
+    logprobs_from_logits,
+    masked_mean,
+    masked_var,
+    masked_whiten,
+    pairwise_accuracy,
+    pairwise_loss,
+    policy_loss,
+    value_loss,
+)
+from rlhf_lab.utils import LabError
+
+
+def close(actual, expected, tol=1e-6):
+    return torch.allclose(torch.as_tensor(actual, dtype=torch.float64),
+                          torch.as_tensor(expected, dtype=torch.float64), atol=tol, rtol=0)
+
+
+# ragged right-padded response mask: lengths 3, 1, 4, 2
+MASK = torch.tensor([[1, 1, 1, 0],
+                     [1, 0, 0, 0],
+                     [1, 1, 1, 1],
+                     [1, 1, 0, 0]], dtype=torch.float32)  # (B, T)
+
+
+# -----------------------------------------------------------------------------
+# log-probs and entropy
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 2.0])
+def test_logprobs_match_manual_softmax(temperature):
+    logits = torch.tensor([[[1.0, 2.0, 0.5, -1.0], [0.0, 0.0, 3.0, 1.0], [-2.0, 1.0, 1.0, 0.0]],
+                           [[0.3, -0.7, 2.2, 1.1], [5.0, 1.0, 0.0, -5.0], [0.0, 0.0, 0.0, 0.0]]])
+    # (B, T, V) = (2, 3, 4)
+    tokens = torch.tensor([[1, 2, 0], [3, 0, 2]])  # (2, 3)
+    expected = torch.empty(2, 3)
+    for b in range(2):
+        for t in range(3):
+            z = [float(v) / temperature for v in logits[b, t]]
+            expected[b, t] = z[tokens[b, t]] - math.log(sum(math.exp(v) for v in z))
+    got = logprobs_from_logits(logits, tokens, temperature=temperature)
+    assert got.shape == (2, 3)
+    assert close(got, expected)
+    # uniform logits: every token has log-prob log(1/4) at any temperature
+    assert close(got[1, 2], math.log(0.25))
+
+
+def test_logprobs_upcast_and_gradient():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, requires_grad=True)  # (B, T, V)
+    tokens = torch.randint(0, 5, (2, 3))  # (B, T)
+    logprobs = logprobs_from_logits(logits, tokens)
+    logprobs.sum().backward()
+    # d log p_k / d z_j = 1[j = k] - p_j, so each row of the gradient sums to 0
+    assert close(logits.grad.sum(-1), torch.zeros(2, 3))
+    half = logprobs_from_logits(logits.detach().bfloat16(), tokens)
+    assert half.dtype == torch.float32
+
+
+def test_logprobs_errors_speak():
+    with pytest.raises(LabError, match="predicts tokens"):
+        logprobs_from_logits(torch.zeros(2, 4, 5), torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(LabError, match="temperature"):
+        logprobs_from_logits(torch.zeros(2, 3, 5), torch.zeros(2, 3, dtype=torch.long), temperature=0)
+
+
+def test_entropy():
+    V = 7
+    uniform = torch.randn(2, 3, 1).expand(2, 3, V)  # a constant per position is uniform after softmax
+    assert close(entropy_from_logits(uniform), torch.full((2, 3), math.log(V)))
+    assert close(entropy_from_logits(uniform, temperature=0.5), torch.full((2, 3), math.log(V)))
+    peaked = torch.tensor([[[100.0, 0.0, 0.0]]])  # (1, 1, 3)
+    assert close(entropy_from_logits(peaked), [[0.0]], tol=1e-6)
+    logits = torch.tensor([[[1.0, 2.0, 3.0]]])
+    for temperature in (1.0, 2.0):
+        p = torch.softmax(logits / temperature, -1)
+        assert close(entropy_from_logits(logits, temperature), -(p * p.log()).sum(-1))
+    # a higher temperature flattens the distribution: more entropy
+    assert entropy_from_logits(logits, 2.0) > entropy_from_logits(logits, 1.0)
+
+
+# -----------------------------------------------------------------------------
+# masked statistics
+
+
+def test_masked_mean_and_var():
+    x = torch.tensor([[1.0, 2.0, float("nan")], [3.0, 4.0, float("inf")]])  # (2, 3)
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    assert close(masked_mean(x, mask), 2.5)  # nan / inf in the padding do not leak
+    assert close(masked_mean(x, mask, dim=1), [1.5, 3.5])
+    assert close(masked_var(x, mask), 5.0 / 3.0)  # squares 2.25 + 0.25 + 0.25 + 2.25, / 3
+    assert close(masked_var(x, mask, unbiased=False), 1.25)
+    with pytest.raises(LabError, match="at least 2"):
+        masked_var(x, torch.tensor([[True, False, False], [False, False, False]]))
+
+
+def test_masked_whiten():
+    torch.manual_seed(0)
+    x = 3.0 + 2.0 * torch.randn(4, 4)  # (B, T)
+    x[MASK == 0] = 1000.0  # padding garbage must not shift the statistics
+    whitened = masked_whiten(x, MASK)
+    on_mask = whitened[MASK.bool()]
+    assert close(on_mask.mean(), 0.0, tol=1e-6)
+    assert close(on_mask.std(), 1.0, tol=1e-5)  # unbiased, as masked_var
+    assert torch.all(whitened[~MASK.bool()] == 0)
+    kept = masked_whiten(x, MASK, shift_mean=False)
+    assert close(kept[MASK.bool()].mean(), x[MASK.bool()].mean(), tol=1e-5)
+    assert close(kept[MASK.bool()].std(), 1.0, tol=1e-5)
+    assert torch.all(kept[~MASK.bool()] == 0)
+
+
+# -----------------------------------------------------------------------------
+# KL estimators and the KL-shaped reward
+
+
+def test_kl_estimators_on_hand_numbers():
+    logprobs = torch.tensor([math.log(0.5), math.log(0.25), math.log(0.3)])
+    ref_logprobs = torch.tensor([math.log(0.25), math.log(0.5), math.log(0.3)])
+    log2 = math.log(2)
+    assert close(kl_estimate(logprobs, ref_logprobs, "k1"), [log2, -log2, 0.0])
+    assert close(kl_estimate(logprobs, ref_logprobs, "k2"), [0.5 * log2 ** 2, 0.5 * log2 ** 2, 0.0])
+    # r = p_ref / p = 0.5, then 2: (r - 1) - log r
+    assert close(kl_estimate(logprobs, ref_logprobs, "k3"), [-0.5 + log2, 1.0 - log2, 0.0])
+    with pytest.raises(LabError, match="k1"):
+        kl_estimate(logprobs, ref_logprobs, "k4")
+
+
+def test_k3_is_nonnegative_and_unbiased():
+    torch.manual_seed(0)
+    logits = torch.randn(20)
+    ref_logits = logits + 0.3 * torch.randn(20)
+    logp, ref_logp = torch.log_softmax(logits, 0), torch.log_softmax(ref_logits, 0)
+    a = torch.randn(1000, 50) * 3
+    assert torch.all(kl_estimate(a, a + torch.randn(1000, 50), "k3") >= 0)
+    # the exact expectation under p: both k1 and k3 equal KL(p || p_ref)
+    p = logp.exp()
+    true_kl = (p * (logp - ref_logp)).sum()
+    assert close((p * kl_estimate(logp, ref_logp, "k1")).sum(), true_kl, tol=1e-6)
+    assert close((p * kl_estimate(logp, ref_logp, "k3")).sum(), true_kl, tol=1e-6)
+
+
+def test_kl_shaped_rewards_score_at_last_token():
+    scores = torch.tensor([1.0, -2.0, 0.5, 3.0])  # (B,)
+    torch.manual_seed(0)
+    logprobs = torch.randn(4, 4)  # (B, T)
+    rewards, kl = kl_shaped_rewards(scores, logprobs, logprobs.clone(), MASK, kl_coef=0.1)
+    expected = torch.zeros(4, 4)
+    expected[0, 2], expected[1, 0], expected[2, 3], expected[3, 1] = 1.0, -2.0, 0.5, 3.0
+    assert torch.equal(kl, torch.zeros(4, 4))
+    assert close(rewards, expected, tol=0)
+
+
+def test_kl_shaped_rewards_hand_case():
+    scores = torch.tensor([2.0, -1.0])  # (B,)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])  # (B, T)
+    logprobs = torch.tensor([[-1.0, -2.0, float("nan")], [-0.5, -1.0, -3.0]])  # nan in the padding
+    ref_logprobs = torch.tensor([[-1.5, -1.0, -7.0], [-0.5, -2.0, -2.0]])
+    rewards, kl = kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef=0.2)
+    assert close(kl, [[0.5, -1.0, 0.0], [0.0, 1.0, -1.0]])
+    assert close(rewards, [[-0.1, 0.2 + 2.0, 0.0], [0.0, -0.2, 0.2 - 1.0]])
+    _, kl3 = kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef=0.2, kl_kind="k3")
+    assert close(kl3[0, :2], [math.exp(-0.5) - 1 + 0.5, math.exp(1.0) - 1 - 1.0])
+    with pytest.raises(LabError, match="all zeros"):
+        kl_shaped_rewards(scores, logprobs, ref_logprobs, torch.tensor([[1, 0, 0], [0, 0, 0]]), 0.2)
+
+
+# -----------------------------------------------------------------------------
+# GAE
+
+
+def gae_reference(rewards, values, mask, gamma, lam):
+    """Plain Python double loop: A_t = sum_k (gamma lam)^(k - t) delta_k over the real tokens."""
+    B, T = rewards.shape
+    advantages = torch.zeros(B, T, dtype=torch.float64)
+    for b in range(B):
+        length = int(mask[b].sum())
+        r, v = rewards[b].tolist(), values[b].tolist()
+        for t in range(length):
+            total = 0.0
+            for k in range(t, length):
+                next_value = v[k + 1] if k + 1 < length else 0.0  # the episode ends after EOS
+                delta = r[k] + gamma * next_value - v[k]
+                total += (gamma * lam) ** (k - t) * delta
+            advantages[b, t] = total
+    return advantages
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.8), (1.0, 1.0), (0.99, 0.0)])
+def test_gae_matches_double_loop(gamma, lam):
+    torch.manual_seed(1)
+    rewards, values = torch.randn(4, 4), torch.randn(4, 4)  # (B, T)
+    advantages, returns = gae(rewards, values, MASK, gamma=gamma, lam=lam)
+    expected = gae_reference(rewards, values, MASK, gamma, lam)
+    assert close(advantages, expected, tol=1e-5)
+    assert close(returns, (expected + values.double()) * MASK, tol=1e-5)
+    assert torch.all(advantages[MASK == 0] == 0) and torch.all(returns[MASK == 0] == 0)
+
+
+def test_gae_gamma_lam_one_is_reward_to_go_minus_value():
+    rewards = torch.tensor([[0.1, -0.2, 1.0, 9.0], [0.5, 2.0, 9.0, 9.0]])  # 9.0s are padding
+    values = torch.tensor([[0.3, 0.1, 0.7, 9.0], [-1.0, 0.4, 9.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    advantages, returns = gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    assert close(advantages, [[0.9 - 0.3, 0.8 - 0.1, 1.0 - 0.7, 0.0], [2.5 + 1.0, 2.0 - 0.4, 0.0, 0.0]])
+    assert close(returns, [[0.9, 0.8, 1.0, 0.0], [2.5, 2.0, 0.0, 0.0]])  # Monte Carlo returns
+
+
+def test_gae_is_detached():
+    values = torch.randn(2, 3, requires_grad=True)
+    advantages, returns = gae(torch.randn(2, 3), values, torch.ones(2, 3))
+    assert not advantages.requires_grad and not returns.requires_grad
+
+
+# -----------------------------------------------------------------------------
+# PPO losses
+
+
+def test_policy_loss_at_ratio_one():
+    torch.manual_seed(0)
+    old_logprobs = torch.randn(4, 4)  # (B, T)
+    logprobs = old_logprobs.clone().requires_grad_()
+    advantages = torch.randn(4, 4)
+    pg_loss, stats = policy_loss(logprobs, old_logprobs, advantages, MASK)
+    assert close(pg_loss, -masked_mean(advantages, MASK))
+    assert float(stats["clipfrac"]) == 0.0
+    assert float(stats["approx_kl"]) == 0.0
+    assert float(stats["ratio_mean"]) == 1.0 and float(stats["ratio_max"]) == 1.0
+    pg_loss.backward()
+    # at ratio 1 the gradient is -A / (number of response tokens): the policy gradient itself
+    assert close(logprobs.grad, -advantages * MASK / MASK.sum())
+
+
+def test_policy_loss_hand_case_with_clipping():
+    ratio = torch.tensor([[1.5, 0.5, 0.9, 1.5, 3.0]])  # (1, 5); the last token is padding
+    advantages = torch.tensor([[1.0, -1.0, 2.0, -1.0, 5.0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0]])
+    old_logprobs = torch.full((1, 5), -2.0)
+    logprobs = (old_logprobs + ratio.log()).requires_grad_()
+    pg_loss, stats = policy_loss(logprobs, old_logprobs, advantages, mask, clip_range=0.2)
+    # per token max(-A r, -A clip(r)): clipped -1.2, clipped 0.8, unclipped -1.8, unclipped 1.5
+    assert close(pg_loss, (-1.2 + 0.8 - 1.8 + 1.5) / 4)
+    assert close(stats["clipfrac"], 0.5)
+    assert close(stats["ratio_mean"], (1.5 + 0.5 + 0.9 + 1.5) / 4)
+    assert close(stats["ratio_max"], 1.5)  # the padding's 3.0 is not counted
+    r = torch.tensor([1.5, 0.5, 0.9, 1.5], dtype=torch.float64)
+    assert close(stats["approx_kl"], ((r - 1) - r.log()).mean())
+    pg_loss.backward()
+    # clipped tokens get no gradient; unclipped ones get -A r / n
+    assert close(logprobs.grad, [[0.0, 0.0, -2.0 * 0.9 / 4, 1.5 / 4, 0.0]])
+
+
+def test_value_loss_hand_case_with_clipping():
+    values = torch.tensor([[0.5, -0.1, 1.3, 7.0]], requires_grad=True)  # (1, 4); last is padding
+    old_values = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    returns = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    vf_loss, stats = value_loss(values, old_values, returns, mask, clip_range_value=0.2)
+    # token 1: clipped 0.2 -> (0.2-1)^2 = 0.64 > 0.25; token 2: 0.01 both; token 3: 1.69 > 1.44
+    assert close(vf_loss, 0.5 * (0.64 + 0.01 + 1.69) / 3)
+    assert close(stats["vf_clipfrac"], 1 / 3)
+
+
+def test_explained_variance():
+    torch.manual_seed(0)
+    returns = torch.randn(4, 4)
+    assert close(explained_variance(returns.clone(), returns, MASK), 1.0)
+    constant = torch.full_like(returns, float(masked_mean(returns, MASK)))
+    assert close(explained_variance(constant, returns, MASK), 0.0, tol=1e-6)
+    assert float(explained_variance(returns + 100 * (1 - MASK), returns, MASK)) == pytest.approx(1.0)
+    assert math.isnan(float(explained_variance(returns, torch.ones(4, 4), MASK)))
+
+
+# -----------------------------------------------------------------------------
+# KL controllers
+
+
+def test_adaptive_kl_controller():
+    above = AdaptiveKLController(init_kl_coef=0.15, target=6.0, horizon=10000)
+    assert above.update(6.6, n_steps=256) == pytest.approx(0.15 * (1 + 0.1 * 256 / 10000))
+    below = AdaptiveKLController(0.15, 6.0, 10000)
+    below.update(torch.tensor(5.4), n_steps=256)  # a tensor KL works too
+    assert below.value == pytest.approx(0.15 * (1 - 0.1 * 256 / 10000))
+    # errors beyond +-20 % are clipped
+    far_above = AdaptiveKLController(0.15, 6.0, 10000)
+    far_above.update(60.0, n_steps=256)
+    assert far_above.value == pytest.approx(0.15 * (1 + 0.2 * 256 / 10000))
+    far_below = AdaptiveKLController(0.15, 6.0, 10000)
+    far_below.update(-3.0, n_steps=256)
+    assert far_below.value == pytest.approx(0.15 * (1 - 0.2 * 256 / 10000))
+    at_target = AdaptiveKLController()
+    at_target.update(6.0, n_steps=256)
+    assert at_target.value == 0.15
+
+
+def test_fixed_kl_controller():
+    controller = FixedKLController(0.05)
+    assert controller.update(100.0, n_steps=256) == 0.05 and controller.value == 0.05
+
+
+# -----------------------------------------------------------------------------
+# reward model loss
+
+
+def test_pairwise_loss_and_accuracy():
+    assert close(pairwise_loss(torch.tensor([0.3, -2.0]), torch.tensor([0.3, -2.0])), math.log(2))
+    assert close(pairwise_loss(torch.tensor([1.0]), torch.tensor([0.0])), math.log1p(math.exp(-1)))
+    mixed = pairwise_loss(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
+    assert close(mixed, (math.log1p(math.exp(-1)) + math.log1p(math.exp(1))) / 2)
+    assert close(pairwise_loss(torch.tensor([-100.0]), torch.tensor([0.0])), 100.0, tol=1e-4)  # finite
+    chosen = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    pairwise_loss(chosen, torch.zeros(3)).backward()
+    assert torch.all(chosen.grad < 0)  # descending the loss raises the chosen rewards
+    assert close(pairwise_accuracy(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 2.0, 4.0])), 1 / 3)
