@@ -1,0 +1,287 @@
+"""A Jupyter widget to rank K completions of a prompt, best first, saving each ranking at once.
+
+Click the cards from best to worst (each shows its place, "1st", "2nd", ...), then Submit; Undo takes
+back the last click, Skip moves on without a ranking. Everything goes through a RankingStore, so
+re-creating the widget on the same file carries on where the learner stopped. With ipyevents
+installed, keys work while the mouse is over the widget: 1-9 pick a card, Enter submits, Backspace undoes.
+
+The widget can be driven from Python (click, undo, skip, submit), which is how the tests use it;
+the buttons call the same methods.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Iterable
+
+import ipywidgets as widgets
+
+from rlhf_lab.rankings import Key, RankingStore, item_key
+from rlhf_lab.utils import LabError
+
+MAX_K = 9  # one digit key per card; InstructGPT ranked K = 4..9
+GREEN = "#2e7d32"
+
+
+def ordinal(n: int) -> str:
+    """1 -> "1st", 2 -> "2nd", 3 -> "3rd", 4 -> "4th" (enough for K <= 9)."""
+    return {1: "1st", 2: "2nd", 3: "3rd"}.get(n, f"{n}th")
+
+
+def card_html(prompt: str, completion: str, number: int, place: int | None) -> str:
+    """One card's text as HTML: its key number or its place, the prompt in bold, then the completion.
+
+    Model text is escaped: a completion holding "<script>" is shown as those characters, never run.
+    """
+    if place is None:
+        badge = f'<span style="color:#888">[{number}]</span>'
+    else:
+        badge = (f'<span style="background:{GREEN};color:white;border-radius:4px;padding:1px 6px">'
+                 f'{ordinal(place)}</span>')
+    return (f'<div style="white-space:pre-wrap;overflow-wrap:anywhere;line-height:1.4">{badge} '
+            f'<b>{html.escape(prompt)}</b>{html.escape(completion)}</div>')
+
+
+def _check_items(items: Iterable[dict]) -> list[dict]:
+    """Items as a list of {"prompt", "completions"}, each once, with 2 <= K <= 9 completions."""
+    checked, seen = [], set()
+    for n, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) \
+                or not isinstance(item.get("completions"), (list, tuple)) \
+                or not all(isinstance(c, str) for c in item["completions"]):
+            raise LabError(f"item {n} must be a dict {{'prompt': str, 'completions': [str, ...]}}, "
+                           f"got {item!r:.100}.")
+        if not 2 <= len(item["completions"]) <= MAX_K:
+            raise LabError(f"item {n} has {len(item['completions'])} completions; the widget ranks "
+                           f"K = 2 to {MAX_K} per prompt (one key per card). Sample fewer, or more.")
+        item = {"prompt": item["prompt"], "completions": list(item["completions"])}
+        if item_key(item) not in seen:  # the same item twice would be asked twice
+            seen.add(item_key(item))
+            checked.append(item)
+    if not checked:
+        raise LabError("there are no items to rank; pass a list of {'prompt', 'completions'} dicts.")
+    return checked
+
+
+class RankingWidget:
+    """Rank the completions of each item, best first; each ranking or skip goes to store_path at once."""
+
+    def __init__(self, items: Iterable[dict], store_path: str | Path, annotator: str = "learner",
+                 keyboard: bool = True):
+        self.items = _check_items(items)
+        self.store = RankingStore(store_path)
+        self.annotator = annotator
+
+        # resume: what this file already holds for these items
+        keys = {item_key(item) for item in self.items}
+        records = self.store.records()
+        self._ranked: set[Key] = {item_key(r) for r in records if r["ranking"] is not None} & keys
+        self._skipped: set[Key] = ({item_key(r) for r in records if r["ranking"] is None} & keys) - self._ranked
+        self._queue = [item for item in self.items if item_key(item) not in self._ranked | self._skipped]
+        self._position = 0  # index into _queue of the item on show
+        self._ranking: list[int] = []  # the clicks so far, best first
+        self._auto_filled = False  # the last place was filled for the learner (after K-1 clicks)
+
+        self._use_keyboard = keyboard and self._keyboard_available()
+        self._build()
+        self._keyboard = self._attach_keyboard() if self._use_keyboard else None  # kept: it must stay alive
+        self._show_item()
+
+    # -------------------------------------------------------------------------
+    # state, readable from Python
+
+    @property
+    def current_item(self) -> dict | None:
+        """The item on show ({"prompt", "completions"}), or None when all are done."""
+        return self._queue[self._position] if self._position < len(self._queue) else None
+
+    @property
+    def current_ranking(self) -> list[int]:
+        """The cards clicked so far for the current item, best first."""
+        return list(self._ranking)
+
+    @property
+    def progress_text(self) -> str:
+        ranked, skipped, total = len(self._ranked), len(self._skipped), len(self.items)
+        if self.current_item is None:
+            return f"All {total} done: {ranked} ranked, {skipped} skipped."
+        return f"{ranked} of {total} ranked, {skipped} skipped"
+
+    # -------------------------------------------------------------------------
+    # actions: the buttons and keys call these
+
+    def click(self, i: int) -> None:
+        """Give card i (0-based) the next place. After K-1 clicks the last card is placed too."""
+        item = self._require_item()
+        K = len(item["completions"])
+        if not 0 <= i < K:
+            raise LabError(f"there is no card {i}: this prompt has {K} completions, 0 to {K - 1}.")
+        if i in self._ranking:
+            self._say(f"Card {i + 1} is already {ordinal(self._ranking.index(i) + 1)}; Undo to change it.")
+            return
+        self._ranking.append(i)
+        if len(self._ranking) == K - 1:  # only one card left, and only one place: no need to click it
+            self._ranking.append(next(j for j in range(K) if j not in self._ranking))
+            self._auto_filled = True
+        self._say("")
+        self._refresh()
+
+    def undo(self) -> None:
+        """Take back the last click (and the last place, if it was filled in automatically)."""
+        self._require_item()
+        if not self._ranking:
+            self._say("Nothing to undo.")
+            return
+        if self._auto_filled:  # otherwise undo would take back the automatic place, which comes straight back
+            self._ranking.pop()
+            self._auto_filled = False
+        self._ranking.pop()
+        self._say("")
+        self._refresh()
+
+    def skip(self) -> dict:
+        """Record a skip for the current item and move on."""
+        item = self._require_item()
+        record = self.store.skip(item["prompt"], item["completions"], annotator=self.annotator)
+        self._skipped.add(item_key(item))
+        self._next_item("Skipped.")
+        return record
+
+    def submit(self) -> dict:
+        """Save the current ranking (once every card has a place) and move on."""
+        item = self._require_item()
+        K = len(item["completions"])
+        if len(self._ranking) < K:
+            raise LabError(f"rank all {K} completions before submitting ({len(self._ranking)} of {K} so far).")
+        record = self.store.add(item["prompt"], item["completions"], self._ranking, annotator=self.annotator)
+        self._ranked.add(item_key(item))
+        self._next_item("Saved: " + " > ".join(str(i + 1) for i in record["ranking"]) + ".")
+        return record
+
+    # -------------------------------------------------------------------------
+    # display
+
+    def _build(self) -> None:
+        keys = " Keys (mouse over the widget): 1-9 pick, Enter submits, Backspace undoes." \
+            if self._use_keyboard else ""
+        self._header = widgets.HTML(f"<b>Rank the completions, best first:</b> click the cards in order "
+                                    f"of preference, then Submit.{keys}")
+        self._progress = widgets.Label()
+        self._cards = widgets.GridBox(layout=widgets.Layout(
+            grid_template_columns="repeat(auto-fit, minmax(260px, 1fr))",  # side by side while they fit
+            grid_gap="8px", width="100%"))
+        self._undo_button = widgets.Button(description="Undo", icon="undo", tooltip="Backspace")
+        self._skip_button = widgets.Button(description="Skip", icon="forward", tooltip="records a skip")
+        self._submit_button = widgets.Button(description="Submit", icon="check", button_style="primary",
+                                             tooltip="Enter")
+        self._undo_button.on_click(lambda _: self._safely(self.undo))
+        self._skip_button.on_click(lambda _: self._safely(self.skip))
+        self._submit_button.on_click(lambda _: self._safely(self.submit))
+        self._status = widgets.HTML()
+        self._card_bodies: list[widgets.HTML] = []
+        self._card_buttons: list[widgets.Button] = []
+        self._card_boxes: list[widgets.VBox] = []
+        self.widget = widgets.VBox([
+            self._header, self._progress, self._cards,
+            widgets.HBox([self._undo_button, self._skip_button, self._submit_button]), self._status])
+
+    def _show_item(self) -> None:
+        """Build the cards of the current item (K may differ from item to item)."""
+        for old in self._card_bodies + self._card_buttons + self._card_boxes:
+            old.close()  # drop the old cards' front-end models, or they pile up item after item
+        self._card_bodies, self._card_buttons, self._card_boxes = [], [], []
+        item = self.current_item
+        if item is None:
+            self._cards.children = [widgets.HTML(
+                f"<b>All done.</b> {len(self._ranked)} rankings and {len(self._skipped)} skips are saved in "
+                f"<code>{html.escape(str(self.store.path))}</code>.")]
+        else:
+            for i in range(len(item["completions"])):
+                body = widgets.HTML()
+                button = widgets.Button(layout=widgets.Layout(width="auto"))
+                button.on_click(lambda _, i=i: self._safely(self.click, i))
+                box = widgets.VBox([body, button], layout=widgets.Layout(padding="8px"))
+                self._card_bodies.append(body)
+                self._card_buttons.append(button)
+                self._card_boxes.append(box)
+            self._cards.children = self._card_boxes
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Bring the cards, buttons and progress in line with the state."""
+        item = self.current_item
+        self._progress.value = self.progress_text
+        if item is not None:
+            for i, completion in enumerate(item["completions"]):
+                place = self._ranking.index(i) + 1 if i in self._ranking else None
+                self._card_bodies[i].value = card_html(item["prompt"], completion, i + 1, place)
+                button = self._card_buttons[i]
+                button.description = ordinal(place) if place else f"Pick [{i + 1}]"
+                button.button_style = "success" if place else ""
+                button.disabled = place is not None
+                self._card_boxes[i].layout.border = f"2px solid {GREEN}" if place else "1px solid #bbb"
+        done = item is None
+        self._undo_button.disabled = done or not self._ranking
+        self._skip_button.disabled = done
+        self._submit_button.disabled = done or len(self._ranking) < len(item["completions"])
+
+    def _next_item(self, message: str) -> None:
+        self._position += 1
+        self._ranking, self._auto_filled = [], False
+        self._show_item()
+        self._say(message)
+
+    def _require_item(self) -> dict:
+        item = self.current_item
+        if item is None:
+            raise LabError(f"all {len(self.items)} items are done; nothing is left to rank here.")
+        return item
+
+    def _say(self, message: str) -> None:
+        self._status.value = html.escape(message)
+
+    def _safely(self, action, *args) -> None:
+        """Run an action from a button or key; a LabError is shown in the widget, not as a traceback."""
+        try:
+            action(*args)
+        except LabError as e:
+            self._say(str(e))
+
+    # -------------------------------------------------------------------------
+    # keyboard, if ipyevents is installed
+
+    @staticmethod
+    def _keyboard_available() -> bool:
+        try:
+            import ipyevents  # noqa: F401  (optional: without it the buttons still work)
+        except ImportError:
+            return False
+        return True
+
+    def _attach_keyboard(self):
+        from ipyevents import Event
+
+        # ipyevents listens while the mouse is over the widget, and keeps those keys from Jupyter's own
+        # shortcuts (Enter would otherwise edit the cell, Backspace...).
+        event = Event(source=self.widget, watched_events=["keydown"])
+        event.on_dom_event(self._on_key)
+        return event
+
+    def _on_key(self, event: dict) -> None:
+        key = event.get("key", "")
+        item = self.current_item
+        if item is None:
+            return
+        if len(key) == 1 and key in "123456789":
+            if int(key) <= len(item["completions"]):
+                self._safely(self.click, int(key) - 1)
+        elif key == "Enter":
+            self._safely(self.submit)
+        elif key == "Backspace":
+            self._safely(self.undo)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)

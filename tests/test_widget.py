@@ -1,0 +1,159 @@
+"""Tests for rlhf_lab/widget.py, driving the RankingWidget from Python as the buttons would."""
+
+import ipywidgets as widgets
+import pytest
+
+from rlhf_lab.rankings import RankingStore
+from rlhf_lab.utils import LabError
+from rlhf_lab.widget import RankingWidget, ordinal
+
+ITEMS = [
+    {"prompt": "The film was", "completions": [" great.", " awful.", " fine.", " long."]},
+    {"prompt": "I think", "completions": [" so.", " not."]},
+    {"prompt": "Once upon", "completions": [" a time", " a hill", " the sea"]},
+]
+
+
+def all_html(widget):
+    """The HTML of every HTML widget in the tree: what the learner's browser renders."""
+    found = []
+    if isinstance(widget, widgets.HTML):
+        found.append(widget.value)
+    for child in getattr(widget, "children", ()):
+        found += all_html(child)
+    return found
+
+
+def test_clicks_save_the_right_ranking(tmp_path):
+    ranker = RankingWidget(ITEMS, tmp_path / "r.jsonl", annotator="ada", keyboard=False)
+    assert ranker.current_item == ITEMS[0]
+    ranker.click(2)
+    ranker.click(0)
+    assert ranker.current_ranking == [2, 0]
+    assert ranker._card_buttons[2].description == "1st" and ranker._card_buttons[0].description == "2nd"
+    assert ranker._submit_button.disabled  # two cards still without a place
+    with pytest.raises(LabError, match="rank all 4"):
+        ranker.submit()
+    ranker.click(3)  # K-1 clicks: the last card takes the last place
+    assert ranker.current_ranking == [2, 0, 3, 1]
+    assert not ranker._submit_button.disabled
+
+    record = ranker.submit()
+    assert record["ranking"] == [2, 0, 3, 1] and record["annotator"] == "ada"
+    (saved,) = RankingStore(tmp_path / "r.jsonl").records()
+    assert saved["prompt"] == "The film was" and saved["ranking"] == [2, 0, 3, 1]
+    assert ranker.current_item == ITEMS[1] and ranker.current_ranking == []
+    assert ranker.progress_text == "1 of 3 ranked, 0 skipped"
+
+
+def test_buttons_call_the_same_methods(tmp_path):
+    ranker = RankingWidget(ITEMS, tmp_path / "r.jsonl", keyboard=False)
+    ranker._card_buttons[1].click()  # ipywidgets' Button.click() runs the on_click handlers
+    ranker._card_buttons[3].click()
+    ranker._card_buttons[0].click()
+    ranker._submit_button.click()
+    assert RankingStore(tmp_path / "r.jsonl").records()[0]["ranking"] == [1, 3, 0, 2]
+
+
+def test_undo(tmp_path):
+    ranker = RankingWidget(ITEMS, tmp_path / "r.jsonl", keyboard=False)
+    ranker.click(1)
+    ranker.click(0)
+    ranker.undo()
+    assert ranker.current_ranking == [1]
+    assert ranker._card_buttons[0].description == "Pick [1]" and not ranker._card_buttons[0].disabled
+    ranker.click(3)
+    ranker.click(2)  # auto-completes card 0
+    assert ranker.current_ranking == [1, 3, 2, 0]
+    ranker.undo()  # takes back the click on card 2 and the automatic last place
+    assert ranker.current_ranking == [1, 3]
+    ranker.undo()
+    ranker.undo()
+    ranker.undo()  # nothing left: says so, does not fail
+    assert ranker.current_ranking == []
+    assert "Nothing to undo" in ranker._status.value
+
+
+def test_clicking_a_ranked_card_again_changes_nothing(tmp_path):
+    ranker = RankingWidget(ITEMS, tmp_path / "r.jsonl", keyboard=False)
+    ranker.click(1)
+    ranker.click(1)
+    assert ranker.current_ranking == [1]
+    assert "already 1st" in ranker._status.value
+    with pytest.raises(LabError, match="no card 7"):
+        ranker.click(7)
+
+
+def test_skip_writes_a_skip_record(tmp_path):
+    ranker = RankingWidget(ITEMS, tmp_path / "r.jsonl", keyboard=False)
+    ranker.click(0)  # a half-done ranking is dropped by a skip
+    ranker.skip()
+    (record,) = RankingStore(tmp_path / "r.jsonl").records()
+    assert record["prompt"] == "The film was" and record["ranking"] is None and record["skipped"] is True
+    assert ranker.current_item == ITEMS[1] and ranker.current_ranking == []
+    assert ranker.progress_text == "0 of 3 ranked, 1 skipped"
+
+
+def test_resume_after_recreating_the_widget(tmp_path):
+    ranker = RankingWidget(ITEMS, tmp_path / "r.jsonl", keyboard=False)
+    ranker.click(0)
+    ranker.click(1)
+    ranker.click(2)
+    ranker.submit()
+    ranker.skip()
+    del ranker  # the kernel restarts...
+
+    ranker = RankingWidget(ITEMS, tmp_path / "r.jsonl", keyboard=False)
+    assert ranker.current_item == ITEMS[2]
+    assert ranker.progress_text == "1 of 3 ranked, 1 skipped"
+    assert ranker._progress.value == "1 of 3 ranked, 1 skipped"
+    ranker.click(2)
+    ranker.click(1)
+    ranker.submit()
+    assert ranker.current_item is None
+    assert ranker.progress_text == "All 3 done: 2 ranked, 1 skipped."
+    assert ranker._submit_button.disabled and ranker._skip_button.disabled
+    assert any("All done" in value for value in all_html(ranker.widget))
+    with pytest.raises(LabError, match="all 3 items are done"):
+        ranker.skip()
+    assert [r["ranking"] for r in RankingStore(tmp_path / "r.jsonl").records()] == [[0, 1, 2, 3], None, [2, 1, 0]]
+
+
+def test_model_text_is_escaped(tmp_path):
+    items = [{"prompt": "Say <b>hi</b>:", "completions": ["<script>alert(1)</script>", "fine & dandy"]}]
+    ranker = RankingWidget(items, tmp_path / "r.jsonl", keyboard=False)
+    shown = "\n".join(all_html(ranker.widget))
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in shown
+    assert "<script>" not in shown
+    assert "<b>Say &lt;b&gt;hi&lt;/b&gt;:</b>" in shown  # the prompt in bold, its own tags as text
+    assert "fine &amp; dandy" in shown
+    ranker.click(0)  # after a click the card is redrawn, still escaped
+    shown = "\n".join(all_html(ranker.widget))
+    assert "<script>" not in shown and "1st" in shown
+
+
+def test_keys_map_to_the_same_actions(tmp_path):
+    ranker = RankingWidget(ITEMS, tmp_path / "r.jsonl", keyboard=False)
+    for key in ["3", "9", "1", "Backspace", "2", "4"]:  # "9": no such card, ignored
+        ranker._on_key({"type": "keydown", "key": key})
+    assert ranker.current_ranking == [2, 1, 3, 0]
+    ranker._on_key({"type": "keydown", "key": "Enter"})
+    assert RankingStore(tmp_path / "r.jsonl").records()[0]["ranking"] == [2, 1, 3, 0]
+
+
+def test_keyboard_is_attached_when_ipyevents_is_there(tmp_path):
+    pytest.importorskip("ipyevents")
+    ranker = RankingWidget(ITEMS, tmp_path / "r.jsonl")
+    assert ranker._keyboard is not None and ranker._keyboard.source is ranker.widget
+    assert ranker._keyboard.watched_events == ["keydown"]
+
+
+def test_bad_items_are_refused(tmp_path):
+    with pytest.raises(LabError, match="K = 2 to 9"):
+        RankingWidget([{"prompt": "p", "completions": ["only one"]}], tmp_path / "r.jsonl")
+    with pytest.raises(LabError, match="item 0 must be a dict"):
+        RankingWidget([{"prompt": "p"}], tmp_path / "r.jsonl")
+
+
+def test_ordinal():
+    assert [ordinal(n) for n in range(1, 10)] == ["1st", "2nd", "3rd", "4th", "5th", "6th", "7th", "8th", "9th"]
