@@ -20,7 +20,7 @@ import datasets
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .utils import DATA_DIR, LabError, pick_device
+from .utils import DATA_DIR, REPO_DIR, LabError, pick_device
 
 TINY = "tiny"
 TINY_MODEL_DIR = DATA_DIR / "tiny-gpt2"
@@ -215,7 +215,13 @@ def describe_world(name: str | Path = TINY) -> dict:
     """Which world a name belongs to and where it loads from, for the welcome notebook's check."""
     resolved = resolve_model_name(name)
     world = "tiny" if str(name) == TINY else ("local" if Path(resolved).exists() else "hub")
-    info = {"name": str(name), "world": world, "source": resolved}
+    source = Path(resolved)
+    if source.exists():  # say data/tiny-gpt2, not this machine's absolute path
+        try:
+            source = source.resolve().relative_to(REPO_DIR)
+        except ValueError:
+            pass
+    info = {"name": str(name), "world": world, "source": str(source)}
     config = Path(resolved) / "config.json"
     if config.is_file():
         cfg = json.loads(config.read_text())

@@ -8,9 +8,9 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 def rlhf_diagram():
     """The three stages of RLHF as boxes and arrows (after the Hugging Face "Illustrating RLHF" post)."""
-    fig, ax = plt.subplots(figsize=(11, 3.4))
+    fig, ax = plt.subplots(figsize=(11, 3.8))
     ax.set_xlim(0, 11)
-    ax.set_ylim(0, 3.4)
+    ax.set_ylim(-0.5, 3.4)
     ax.axis("off")
     boxes = [
         (0.2, "1. Pretrained LM\n(+ optional SFT)", "GPT-2, fine-tuned with LoRA\non demonstrations", "#dbe9f6"),
@@ -24,9 +24,9 @@ def rlhf_diagram():
     for x0, x1, label in [(3.45, 3.85, "samples"), (7.15, 7.55, "scores")]:
         ax.add_patch(FancyArrowPatch((x0, 1.7), (x1, 1.7), arrowstyle="-|>", mutation_scale=18, color="#333"))
         ax.text((x0 + x1) / 2, 1.95, label, ha="center", fontsize=9)
-    ax.add_patch(FancyArrowPatch((9.2, 0.45), (1.8, 0.45), connectionstyle="arc3,rad=0.25",
+    ax.add_patch(FancyArrowPatch((9.2, 0.45), (1.8, 0.45), connectionstyle="arc3,rad=-0.12",
                                  arrowstyle="-|>", mutation_scale=16, color="#888", linestyle="--"))
-    ax.text(5.5, 0.05, "the SFT model is also the frozen reference for the KL penalty, and PPO's starting point",
+    ax.text(5.5, -0.35, "the SFT model is also the frozen reference for the KL penalty, and PPO's starting point",
             ha="center", fontsize=9, color="#555")
     fig.tight_layout()
     return fig

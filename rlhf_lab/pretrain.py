@@ -23,7 +23,7 @@ from tokenizers import ByteLevelBPETokenizer
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from .utils import DATA_DIR, LabError, config_to_dict, set_seed
+from .utils import DATA_DIR, REPO_DIR, LabError, config_to_dict, set_seed
 
 EOS = "<|endoftext|>"  # GPT-2's one token for BOS and EOS
 PAD = "<|pad|>"        # distinct from EOS, or a pad-masked loss would never teach the model to stop
@@ -36,7 +36,7 @@ class PretrainConfig:
     reviews_dir: str = str(DATA_DIR / "reviews")
     """folder with train.jsonl and validation.jsonl ({"text": ...} per line)"""
     out: str = str(DATA_DIR / "tiny-gpt2")
-    vocab_size: int = 4096  # small enough for a 1M-parameter model, large enough for whole words
+    vocab_size: int = 4096  # a budget: BPE stops earlier (2,858) once every corpus word is one token
     n_layer: int = 4
     n_embd: int = 128
     n_head: int = 4          # 32 dims per head
@@ -50,6 +50,14 @@ class PretrainConfig:
     dropout: float = 0.1     # only while pretraining; every RL stage switches it off
     max_train_reviews: int | None = None
     """use only the first N training reviews (for quick tests)"""
+
+
+def _relative(path: str) -> str:
+    """A path relative to the repository when it lies inside it, so the saved record is portable."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_DIR))
+    except ValueError:
+        return str(path)
 
 
 def read_texts(path: Path) -> list[str]:
@@ -156,7 +164,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     model.save_pretrained(out)  # model.safetensors
     tokenizer.save_pretrained(out)
     result = {
-        "config": config_to_dict(cfg) | {"out": str(cfg.out), "reviews_dir": str(cfg.reviews_dir)},
+        "config": config_to_dict(cfg) | {"out": _relative(cfg.out), "reviews_dir": _relative(cfg.reviews_dir)},
         "parameters": n_params,
         "train_tokens": int(train_blocks.numel()),
         "validation_tokens": int(val_blocks.numel()),
