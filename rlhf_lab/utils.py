@@ -98,3 +98,13 @@ def run_dir(name: str, root: str | Path | None = None) -> Path:
     path = path / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def short_path(path: str | Path) -> str:
+    """A path as a reader should see it: relative to the repository when inside it (runs/01_sft),
+    not this machine's absolute path."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(REPO_DIR))
+    except ValueError:
+        return str(path)
