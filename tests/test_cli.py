@@ -1,0 +1,109 @@
+"""The `rlhf-lab` command, run as a learner runs it: in a subprocess, on the tiny world, FAST mode."""
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SUMMARY_KEYS = ["sft.eval_loss_before", "sft.eval_loss_after", "reward_model.heldout_accuracy",
+                "ppo.gold_score_sft", "ppo.gold_score_ppo", "ppo.kl", "ppo.episodes_per_second",
+                "stage_seconds.sft", "stage_seconds.rankings", "stage_seconds.reward_model",
+                "stage_seconds.ppo", "seconds"]
+
+
+def rlhf_lab(*args, **kwargs):
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "rlhf_lab.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=900, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    done = rlhf_lab("run", "--fast", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done
+
+
+@pytest.mark.slow
+def test_run_fast_writes_every_result(fast_run):
+    out, done = fast_run
+    summary = json.loads((out / "summary.json").read_text())
+    for key in SUMMARY_KEYS:
+        value = summary
+        for part in key.split("."):
+            value = value[part]
+        assert isinstance(value, (int, float)) and math.isfinite(value), key
+    assert summary["sft"]["eval_loss_after"] < summary["sft"]["eval_loss_before"]
+    for path in ["01_sft/adapter/adapter_config.json", "03_reward_model/reward_model/adapter_config.json",
+                 "04_ppo/adapter_config.json", "04_ppo/metrics.jsonl", "plots/sft_loss.png",
+                 "plots/reward_model_accuracy.png", "plots/ppo_training.png", "report.md", "samples.jsonl",
+                 "configs/sft.json", "configs/rm.json", "configs/ppo.json"]:
+        assert (out / path).is_file(), path
+    models = {json.loads(line)["model"] for line in (out / "samples.jsonl").read_text().splitlines()}
+    assert models == {"base", "sft", "ppo"}
+    assert "| 3. PPO |" in (out / "report.md").read_text()
+    # a second run into the same folder without --resume is refused, in one line
+    again = rlhf_lab("run", "--fast", "--out", str(out))
+    assert again.returncode == 2 and "--resume" in again.stderr and "Traceback" not in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_continues_from_the_checkpoint(fast_run, tmp_path):
+    """Kill PPO after a few updates; --resume keeps SFT and the reward model and continues PPO."""
+    out = fast_run[0]  # runs after test_run_fast_writes_every_result, which reads the finished run
+    shutil.rmtree(out / "04_ppo")
+    args = ["ppo", "--fast", "--out", str(out), "--steps", "6", "--ppo-checkpoint-every", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf_lab.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    metrics = out / "04_ppo" / "metrics.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "PPO finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "04_ppo" / "ppo_result.json").exists()
+    sft_mtime = (out / "01_sft" / "adapter" / "adapter_model.safetensors").stat().st_mtime
+
+    done = rlhf_lab(*args, "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stdout
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == list(range(1, 7))  # no update lost, none counted twice
+    assert (out / "04_ppo" / "ppo_result.json").is_file()
+    assert (out / "01_sft" / "adapter" / "adapter_model.safetensors").stat().st_mtime == sft_mtime
+
+
+def test_bad_option_is_one_line():
+    done = rlhf_lab("run", "--no-such-option")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert "unrecognized arguments: --no-such-option" in done.stderr
+
+
+def test_missing_files_are_one_line(tmp_path):
+    done = rlhf_lab("rm", "--out", str(tmp_path / "empty"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "No LoRA adapter" in done.stderr
+    done = rlhf_lab("sft", "--fast", "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "x"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "name='tiny'" in done.stderr
+
+
+def test_help_comes_from_the_configs():
+    done = rlhf_lab("run", "--help")
+    assert done.returncode == 0
+    for option in ["--sft-lr", "--rm-epochs", "--ppo-kl-target", "--steps", "--lora-r", "--resume", "--fast"]:
+        assert option in done.stdout
+    assert "Ziegler" in done.stdout  # a field's comment became its help
