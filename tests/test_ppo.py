@@ -1,0 +1,467 @@
+"""rlhf_lab/ppo.py on the tiny GPT-2: the PPO invariants, the shared trunk, checkpoints.
+
+The loss math itself (GAE, clipped losses, KL-shaped reward) is pinned on hand-made tensors in
+test_ppo_math.py; here the loop around it is checked on a real model, a few episodes at a time.
+"""
+
+import copy
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+
+from rlhf_lab.generation import generate_tokens
+from rlhf_lab.loading import load_prompts
+from rlhf_lab.ppo import (
+    POLICY,
+    GoldReward,
+    PPOTrainer,
+    TrunkRewardModel,
+    add_policy_adapter,
+    causal_lm,
+    forward_response,
+    parameter_memory,
+    ppo_config,
+    sample_from,
+    sample_models,
+    sample_responses,
+    use_adapter,
+)
+from rlhf_lab.ppo_math import logprobs_from_logits
+from rlhf_lab.reward_model import (
+    RewardConfig,
+    RewardModel,
+    add_reward_adapter,
+    load_reward_model,
+    new_reward_head,
+    save_reward_model,
+)
+from rlhf_lab.utils import LabError, set_seed
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return load_prompts("tiny", "train")["prompt"][:64]
+
+
+@pytest.fixture(scope="module")
+def reward_dir(tiny, tmp_path_factory):
+    """A saved reward model on the bare tiny trunk, its adapter moved off zero so it matters."""
+    model, tokenizer = tiny
+    set_seed(123)
+    peft_model = add_reward_adapter(copy.deepcopy(model), RewardConfig())
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05)
+    reward_model = RewardModel(peft_model, head=new_reward_head(model.config.n_embd), gain=2.0, bias=-0.5,
+                               tokenizer=tokenizer)
+    return save_reward_model(reward_model, tmp_path_factory.mktemp("reward") / "rm",
+                             RewardConfig(trunk="tiny", sft_adapter=None))
+
+
+def make_trainer(tiny, prompts, reward_dir=None, out_dir=None, **overrides):
+    """A trainer on a copy of the tiny model: policy adapter + (reward adapter and head, or gold)."""
+    model, tokenizer = tiny
+    settings = dict(steps=2, batch_size=8, minibatch_size=4, ppo_epochs=2, max_new_tokens=12, norm_episodes=16,
+                    checkpoint_every=1, device="cpu", lr=1e-3)
+    cfg = ppo_config(**(settings | overrides))
+    set_seed(cfg.seed)
+    policy = add_policy_adapter(copy.deepcopy(model), cfg)
+    if reward_dir is not None:
+        reward = TrunkRewardModel(load_reward_model(reward_dir, trunk=policy, tokenizer=tokenizer))
+    else:
+        reward = GoldReward()
+    return PPOTrainer(cfg, policy, tokenizer, reward, prompts, out_dir=out_dir)
+
+
+def snapshot(module):
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+# -----------------------------------------------------------------------------
+# the invariants of the first step
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_first_minibatch_ratio_is_one_and_kl_is_zero(tiny, prompts, reward_dir, temperature):
+    trainer = make_trainer(tiny, prompts, reward_dir, temperature=temperature)
+    # LoRA's B starts at 0: the policy is the reference, token for token
+    batch = trainer.rollout(trainer.batch_prompts(0))
+    assert torch.equal(batch.logprobs, batch.ref_logprobs)
+    metrics = trainer.step()
+    assert metrics["kl"] == 0.0
+    first = trainer.minibatch_stats[0]
+    assert first["epoch"] == 0
+    assert abs(first["ratio_mean"] - 1.0) < 1e-6 and abs(first["ratio_max"] - 1.0) < 1e-6
+    assert abs(first["approx_kl"]) < 1e-7 and first["clipfrac"] == 0.0
+    # after the first gradient step the policy has moved: later minibatches see ratios != 1
+    assert max(abs(s["ratio_max"] - 1.0) for s in trainer.minibatch_stats[1:]) > 1e-6
+
+
+def test_left_padded_batch_logprobs_equal_each_sequence_alone(tiny, prompts):
+    trainer = make_trainer(tiny, prompts, max_new_tokens=10)
+    with torch.no_grad():  # a non-zero policy adapter, so that LoRA is in the computation
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.02)
+        for p in trainer.value_head.parameters():
+            p.normal_(0.0, 0.1)
+    chosen = ["The plot", "I had heard good things about this film and", "Although the acting"]
+    batch = trainer.rollout(chosen)
+    assert (batch.attention_mask[:, 0] == 0).any(), "the batch should be left-padded"
+    for i, prompt in enumerate(chosen):
+        n = int(batch.mask[i].sum())
+        query = trainer.tokenizer(prompt, return_tensors="pt")["input_ids"]                     # (1, Tq_i)
+        ids = torch.cat([query, batch.response[i:i + 1, :n]], dim=1)                          # (1, Tq_i + n)
+        with torch.no_grad():
+            logits, values = forward_response(trainer.model, ids, torch.ones_like(ids), query.shape[1],
+                                              trainer.value_head)
+            alone = logprobs_from_logits(logits, batch.response[i:i + 1, :n])                 # (1, n)
+            with use_adapter(trainer.model, None):
+                ref_logits, _ = forward_response(trainer.model, ids, torch.ones_like(ids), query.shape[1])
+        assert torch.allclose(batch.logprobs[i, :n], alone[0], atol=1e-5)
+        assert torch.allclose(batch.values[i, :n], values[0], atol=1e-5)
+        ref_alone = logprobs_from_logits(ref_logits, batch.response[i:i + 1, :n])             # (1, n)
+        assert torch.allclose(batch.ref_logprobs[i, :n], ref_alone[0], atol=1e-5)
+
+
+def test_stored_logprobs_are_those_of_the_sampling_distribution(tiny, prompts):
+    """At temperature T the rollout's log-probs are log softmax(logits / T): the distribution the
+    tokens were drawn from (N details), as the KV-cache sampling loop saw it."""
+    trainer = make_trainer(tiny, prompts, temperature=0.7)
+    with torch.no_grad():  # a non-zero policy adapter, so that LoRA is in the computation
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.02)
+    chosen = list(prompts[:6]) + ["The plot", "I had heard good things about this film and"]  # padding
+    torch.manual_seed(0)
+    rollout, sampled = sample_responses(trainer.model, trainer.tokenizer, chosen, trainer.cfg.max_new_tokens,
+                                        temperature=0.7, return_logprobs=True)
+    torch.manual_seed(0)
+    batch = trainer.rollout(chosen)  # the same draws again, then the one-pass recomputation
+    assert torch.equal(batch.response, rollout.response)
+    mask = batch.mask.bool()
+    assert torch.allclose(batch.logprobs[mask], sampled[mask], atol=1e-5)
+    # had the log-probs forgotten the temperature, they would be far off
+    with torch.no_grad():
+        logits, _ = forward_response(trainer.model, batch.input_ids, batch.attention_mask, batch.query_length)
+    at_1 = logprobs_from_logits(logits, batch.response, temperature=1.0)
+    assert (at_1[mask] - sampled[mask]).abs().max() > 0.05
+
+
+def test_sampling_loop_continues_as_generate_does(tiny):
+    """Near temperature 0 the loop is greedy: it must continue left-padded prompts exactly as
+    transformers' generate() does (KV cache, position ids from the mask, cut at EOS)."""
+    model, tokenizer = tiny
+    chosen = ["The plot", "I had heard good things about this film and", "Although the acting"]
+    ours = sample_responses(model, tokenizer, chosen, max_new_tokens=20, temperature=1e-4)
+    theirs = generate_tokens(model, tokenizer, chosen, max_new_tokens=20, greedy=True)
+    T = theirs.response.shape[1]
+    assert torch.equal(ours.response_mask[:, :T], theirs.response_mask)
+    assert torch.equal(ours.response[:, :T][ours.response_mask[:, :T].bool()],
+                       theirs.response[theirs.response_mask.bool()])
+
+
+def test_sample_from_draws_the_given_distribution():
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2]]).repeat(20000, 1)  # (B, V)
+    torch.manual_seed(0)
+    counts = torch.bincount(sample_from(probs), minlength=4).float() / 20000
+    assert counts[1] == 0.0  # a token of probability 0 is never drawn
+    assert torch.allclose(counts, probs[0], atol=0.015)  # ~4 standard errors
+
+
+# -----------------------------------------------------------------------------
+# what trains and what stays frozen
+
+
+def test_update_changes_the_policy_adapter_only(tiny, prompts, reward_dir):
+    trainer = make_trainer(tiny, prompts, reward_dir)
+    reward_model = trainer.reward.reward_model
+    before = snapshot(trainer.model)
+    head_before = snapshot(reward_model.head)
+    value_before = snapshot(trainer.value_head)
+    trainer.step()
+    trainer.step()
+    after = snapshot(trainer.model)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed, "the update changed nothing"
+    assert all(f".{POLICY}." in name for name in changed), sorted(changed)[:3]  # trunk and reward untouched
+    assert any("lora_B" in name for name in changed)
+    assert not any(".reward." in name for name in changed)
+    assert all(torch.equal(head_before[k], v) for k, v in snapshot(reward_model.head).items())
+    assert any(not torch.equal(value_before[k], v) for k, v in snapshot(trainer.value_head).items())
+
+
+def test_reward_scoring_leaves_the_policy_trainable_and_the_reward_frozen(tiny, prompts, reward_dir):
+    trainer = make_trainer(tiny, prompts, reward_dir)
+    with torch.no_grad():  # make the policy different from the trunk, so a wrong adapter would show
+        for name, p in trainer.model.named_parameters():
+            if f"lora_B.{POLICY}" in name:
+                p.normal_(0.0, 0.05)
+    rollout = generate_tokens(trainer.model, trainer.tokenizer, list(prompts[:5]), max_new_tokens=10)
+    shared = trainer.reward.score(None, None, rollout)                                       # (B,)
+    for name, p in trainer.model.named_parameters():
+        assert p.requires_grad == (f".{POLICY}." in name), name
+    assert trainer.model.active_adapter == POLICY
+    assert not any(p.requires_grad for p in trainer.reward.reward_model.head.parameters())
+    # the same reward model on a trunk of its own scores the same: the "reward" adapter was active
+    alone = load_reward_model(reward_dir, trunk=copy.deepcopy(tiny[0]), tokenizer=trainer.tokenizer)
+    with torch.no_grad():
+        ids = torch.cat([rollout.query, rollout.response], 1)
+        mask = torch.cat([rollout.query_mask, rollout.response_mask], 1)
+        expected = alone.normalised(alone(ids, mask))
+    assert torch.allclose(shared, expected, atol=1e-5)
+
+
+def test_use_adapter_switches_and_restores_every_flag(tiny, prompts, reward_dir):
+    trainer = make_trainer(tiny, prompts, reward_dir)
+    model = trainer.model
+    model.set_adapter(POLICY, inference_mode=True)  # e.g. a loaded policy, only sampled from
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    ids = torch.tensor([[5, 6, 7, 8]])
+    for adapter in ("reward", None):
+        with use_adapter(model, adapter):
+            assert model.active_adapter == (adapter or POLICY)
+            assert not any(p.requires_grad for p in model.parameters())  # nothing may train here
+            forward_response(model, ids, torch.ones_like(ids), 2)
+        assert model.active_adapter == POLICY
+        assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+
+
+def test_fused_gelu_computes_what_gelu_new_computes(tiny):
+    from rlhf_lab.ppo import use_fused_gelu
+
+    model = copy.deepcopy(tiny[0])
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11]])
+    with torch.no_grad():
+        before = model(ids).logits
+        assert use_fused_gelu(model) == model.config.n_layer
+        after = model(ids).logits
+    assert torch.allclose(before, after, atol=1e-4) and not torch.equal(before, after)
+
+
+def test_one_copy_of_the_backbone(tiny, prompts, reward_dir):
+    trainer = make_trainer(tiny, prompts, reward_dir)
+    reward_model = trainer.reward.reward_model
+    one_gpt2 = sum(p.numel() * p.element_size() for p in tiny[0].parameters())  # tied wte/lm_head once
+    memory = parameter_memory(trainer.model, heads=[trainer.value_head, reward_model.head])
+    assert memory["backbone"] == one_gpt2
+    lora = sum(p.numel() * 4 for n, p in trainer.model.named_parameters() if "lora_" in n)
+    assert memory["adapters"] == lora and memory["heads"] == 2 * (128 + 1) * 4
+    # policy, reference and reward model read the very same storages
+    policy_ptrs = {p.data_ptr() for p in trainer.model.parameters()}
+    reward_ptrs = {p.data_ptr() for p in reward_model.parameters()}
+    assert reward_ptrs - policy_ptrs == {p.data_ptr() for p in reward_model.head.parameters()}
+    assert causal_lm(reward_model.peft_model) is causal_lm(trainer.model)
+
+
+# -----------------------------------------------------------------------------
+# the KL controller, the no-EOS score, normalisation
+
+
+def test_adaptive_controller_moves_beta_the_right_way(tiny, prompts, reward_dir):
+    trainer = make_trainer(tiny, prompts, reward_dir, kl_coef=0.2, kl_target=1.0, kl_horizon=80, lr=1e-2)
+    B = trainer.cfg.batch_size
+
+    def expected(beta, kl, target):
+        return beta * (1 + min(max(kl / target - 1, -0.2), 0.2) * B / 80)
+
+    m1 = trainer.step()  # KL = 0 < target: beta goes down
+    assert m1["kl"] == 0.0 and m1["kl_coef"] == 0.2
+    assert trainer.kl_ctl.value == pytest.approx(expected(0.2, 0.0, 1.0)) and trainer.kl_ctl.value < 0.2
+    trainer.kl_ctl.target = 1e-3  # now the policy has moved: KL > target, beta goes up
+    beta = trainer.kl_ctl.value
+    m2 = trainer.step()
+    assert m2["kl"] > 1e-3, "the policy should have moved away from the reference after an update"
+    assert m2["kl_coef"] == beta
+    assert trainer.kl_ctl.value == pytest.approx(expected(beta, m2["kl"], 1e-3)) and trainer.kl_ctl.value > beta
+
+
+def test_micro_batches_make_the_same_update(tiny, prompts, reward_dir):
+    """Gradient accumulation over micro-batches is the same update as one pass over the minibatch."""
+    whole = make_trainer(tiny, prompts, reward_dir, minibatch_size=8)
+    m1 = whole.step()
+    parts = make_trainer(tiny, prompts, reward_dir, minibatch_size=8, micro_batch_size=3)  # 3 + 3 + 2
+    m2 = parts.step()  # (each trainer seeds the RNG: same prompts, same samples)
+    for key in ("kl", "approx_kl", "clipfrac", "ratio_mean", "ratio_max", "pg_loss", "vf_loss", "grad_norm"):
+        assert m1[key] == pytest.approx(m2[key], abs=1e-5), key
+    for (name, p), (_, q) in zip(whole.model.named_parameters(), parts.model.named_parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+
+
+def test_fixed_kl_coef_stays(tiny, prompts, reward_dir):
+    trainer = make_trainer(tiny, prompts, reward_dir, adaptive_kl=False, kl_coef=0.3)
+    trainer.train(progress=False)
+    assert [m["kl_coef"] for m in trainer.history] == [0.3, 0.3] and trainer.kl_ctl.value == 0.3
+
+
+def test_responses_without_eos_get_the_fixed_score(tiny, prompts, reward_dir):
+    trainer = make_trainer(tiny, prompts, reward_dir, max_new_tokens=3, no_eos_score=-1.0)
+    batch = trainer.rollout(trainer.batch_prompts(0))
+    assert (~batch.ended).any()
+    assert torch.all(batch.scores[~batch.ended] == -1.0)
+    assert torch.allclose(batch.scores[batch.ended], batch.raw_scores[batch.ended])  # the RM is normalised
+
+
+def test_gold_reward_is_normalised_on_the_initial_policy(tiny, prompts):
+    trainer = make_trainer(tiny, prompts, norm_episodes=32)
+    fit = trainer.fit_score_normalisation()
+    assert fit["fitted"] and fit["n"] == 32
+    assert trainer.score_gain == pytest.approx(1 / fit["raw_std"])
+    assert trainer.score_bias == pytest.approx(-fit["raw_mean"] / fit["raw_std"])
+
+
+# -----------------------------------------------------------------------------
+# checkpoints, saving, comparisons
+
+
+def test_resume_continues_at_the_right_step_with_identical_state(tiny, prompts, reward_dir, tmp_path):
+    straight = make_trainer(tiny, prompts, reward_dir, out_dir=tmp_path / "straight", steps=3)
+    straight.train(progress=False)
+
+    first = make_trainer(tiny, prompts, reward_dir, out_dir=tmp_path / "killed", steps=3)
+    first.train(steps=2, progress=False)  # "killed" after 2 updates; checkpoint at 2
+    resumed = make_trainer(tiny, prompts, reward_dir, out_dir=tmp_path / "killed", steps=3)
+    assert resumed.load_checkpoint()
+    assert resumed.step_count == 2 and resumed.kl_ctl.value == first.kl_ctl.value
+    resumed.train(progress=False)
+
+    assert resumed.step_count == 3
+    timing = {"seconds", "seconds_rollout", "seconds_update", "episodes_per_second"}
+    for a, b in zip(straight.history, resumed.history, strict=True):
+        assert {k: v for k, v in a.items() if k not in timing} == pytest.approx(
+            {k: v for k, v in b.items() if k not in timing}, abs=1e-6)
+    for (name, p), (_, q) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+    assert torch.allclose(straight.value_head.weight, resumed.value_head.weight, atol=1e-6)
+    lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+
+
+def test_resume_refuses_other_settings(tiny, prompts, reward_dir, tmp_path):
+    make_trainer(tiny, prompts, reward_dir, out_dir=tmp_path, steps=1).train(progress=False)
+    other = make_trainer(tiny, prompts, reward_dir, out_dir=tmp_path, batch_size=16)
+    with pytest.raises(LabError, match="batch_size"):
+        other.load_checkpoint()
+
+
+def test_saved_policy_adapter_loads_with_peft(tiny, prompts, reward_dir, tmp_path):
+    trainer = make_trainer(tiny, prompts, reward_dir, out_dir=tmp_path)
+    trainer.train(progress=False)
+    trainer.save(tmp_path)
+    assert (tmp_path / "adapter_config.json").is_file() and (tmp_path / "ppo_config.json").is_file()
+    loaded = PeftModel.from_pretrained(copy.deepcopy(tiny[0]), str(tmp_path), adapter_name=POLICY)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        expected, _ = forward_response(trainer.model, ids, torch.ones_like(ids), 2)
+        got, _ = forward_response(loaded, ids, torch.ones_like(ids), 2)
+    assert torch.allclose(expected, got, atol=1e-5)
+
+
+def test_sample_models_same_seed_same_prompts(tiny, prompts, reward_dir):
+    trainer = make_trainer(tiny, prompts, reward_dir)
+    models = {"base": tiny[0], "sft": (trainer.model, None), "ppo": (trainer.model, POLICY)}
+    rows = sample_models(models, list(prompts[:4]), trainer.tokenizer, seed=1, max_new_tokens=10,
+                         reward=trainer.reward)
+    assert [r["model"] for r in rows[:3]] == ["base", "sft", "ppo"] and len(rows) == 12
+    # before any update all three are the same network: same seed, same samples
+    by_model = {m: [r["completion"] for r in rows if r["model"] == m] for m in models}
+    assert by_model["base"] == by_model["sft"] == by_model["ppo"]
+    assert all(isinstance(r["gold"], float) and isinstance(r["reward"], float) for r in rows)
+    assert trainer.model.active_adapter == POLICY
+
+
+def test_config_errors_speak_to_the_learner(tiny, prompts):
+    with pytest.raises(LabError, match="no field 'beta'"):
+        ppo_config(beta=0.1)
+    with pytest.raises(LabError, match="multiple of minibatch_size"):
+        make_trainer(tiny, prompts, batch_size=8, minibatch_size=3)
+    with pytest.raises(LabError, match="micro_batch_size"):
+        make_trainer(tiny, prompts, minibatch_size=4, micro_batch_size=5)
+
+
+# -----------------------------------------------------------------------------
+# the whole stage: train_ppo with an SFT adapter and a reward model on disk
+
+
+@pytest.fixture(scope="module")
+def sft_dir(tiny, tmp_path_factory):
+    """An SFT adapter on disk (untrained: B = 0, so the trunk is the tiny model itself)."""
+    from rlhf_lab.sft import SFTConfig, SFTResult, add_lora, save_sft
+
+    model, tokenizer = tiny
+    set_seed(0)
+    peft_model = add_lora(copy.deepcopy(model), SFTConfig())
+    return save_sft(SFTResult(model=peft_model, tokenizer=tokenizer, config=SFTConfig()),
+                    tmp_path_factory.mktemp("sft") / "adapter")
+
+
+@pytest.fixture(scope="module")
+def reward_on_sft_dir(reward_dir, sft_dir, tmp_path_factory):
+    """The test reward model, recorded as trained on the trunk of sft_dir."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("reward-on-sft") / "rm"
+    shutil.copytree(reward_dir, path)
+    meta = json.loads((path / "reward_model.json").read_text())
+    meta["trunk"] = {"model": "tiny", "sft_adapter": str(sft_dir)}
+    (path / "reward_model.json").write_text(json.dumps(meta))
+    return path
+
+
+def test_train_ppo_writes_a_run_and_resumes_it(tiny, sft_dir, reward_on_sft_dir, tmp_path):
+    from rlhf_lab.ppo import load_policy, train_ppo
+
+    settings = dict(sft=str(sft_dir), reward="rm", reward_model=str(reward_on_sft_dir), batch_size=8,
+                    minibatch_size=8, ppo_epochs=1, max_new_tokens=10, eval_prompts=8, checkpoint_every=1,
+                    device="cpu")
+    result = train_ppo(ppo_config(steps=2, **settings), out_dir=tmp_path, progress=False)
+    s = result.summary
+    for key in ("gold_score_sft", "gold_score_ppo", "gold_std_sft", "reward_score_ppo", "kl",
+                "episodes_per_second", "seconds", "gold_gain_in_sft_std"):
+        assert isinstance(s[key], float) and s[key] == s[key], key  # a finite number, not nan
+    assert s["parameter_memory"]["backbone"] == sum(p.numel() * p.element_size() for p in tiny[0].parameters())
+    for name in ("adapter_config.json", "adapter_model.safetensors", "value_head.safetensors", "ppo_config.json",
+                 "ppo_result.json", "metrics.jsonl", "checkpoint/trainer_state.pt"):
+        assert (tmp_path / name).is_file(), name
+    assert json.loads((tmp_path / "ppo_config.json").read_text())["sft"] == str(sft_dir)
+    assert {r["model"] for r in result.samples} == {"sft", "ppo"} and len(result.samples) == 16
+
+    again = train_ppo(ppo_config(steps=3, **settings), out_dir=tmp_path, resume=True, progress=False)
+    assert [m["step"] for m in again.history] == [1, 2, 3]
+    assert again.history[:2] == result.history  # the first two updates were not redone
+
+    model, tokenizer, reward = load_policy(tmp_path, device="cpu", with_reward=True)
+    assert model.active_adapter == POLICY and set(model.peft_config) == {POLICY, "reward"}
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        expected, _ = forward_response(again.trainer.model, ids, torch.ones_like(ids), 2)
+        got, _ = forward_response(model, ids, torch.ones_like(ids), 2)
+    assert torch.allclose(expected, got, atol=1e-5)
+
+
+def test_a_reward_model_of_another_trunk_is_refused(sft_dir, reward_dir):
+    from rlhf_lab.ppo import train_ppo
+
+    cfg = ppo_config(sft=str(sft_dir), reward="rm", reward_model=str(reward_dir), device="cpu")
+    with pytest.raises(LabError, match="trained on the trunk"):
+        train_ppo(cfg, progress=False)
+
+
+def test_figures_draw_a_history():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from rlhf_lab.ppo import PPOResult, plot_diagnostics, plot_history, plot_kl_tradeoff
+
+    keys = ("score_normalised", "gold", "kl", "kl_coef", "entropy", "approx_kl", "clipfrac",
+            "explained_variance", "response_length", "eos_share")
+    history = [{"step": i + 1} | {k: 0.1 * i for k in keys} for i in range(5)]
+    assert len(plot_history(history, kl_target=6.0).axes) == 3
+    assert len(plot_diagnostics(history).axes) == 5  # four panels and the EOS share's twin axis
+    summary = {"kl": 1.0, "gold_score_ppo": 0.5, "gold_std_ppo": 0.4, "gold_score_sft": 0.0, "gold_std_sft": 0.8}
+    runs = {"beta = 0.1": PPOResult(trainer=None, config=None, history=history, summary=summary,
+                                    samples=[{"model": "ppo"}] * 4)}
+    assert len(plot_kl_tradeoff(runs).axes) == 2
