@@ -1,0 +1,624 @@
+"""Our PPO against TRL 1.12's PPOTrainer: episodes per second and peak memory, side by side.
+
+    pip install -e ".[bench]"                          # trl==1.12.0, the last release with PPOTrainer
+    python benchmarks/ppo_vs_trl.py                    # 1 warm-up + 10 timed updates per side, 2 threads
+    python benchmarks/ppo_vs_trl.py --updates 3        # a quick check that both sides run
+    python benchmarks/ppo_vs_trl.py --rounds 3         # on a busy machine: each side's fastest of 3 rounds
+    python benchmarks/ppo_vs_trl.py --sides ours --profile   # where one update of ours spends its time
+
+One invocation runs each side in its own subprocess, one after the other, on the same tiny GPT-2
+(data/tiny-gpt2: 4 layers, 128 dims, vocabulary 2,858), the same 8-token prompts, the same reward
+function, and the same PPO shape: 64 episodes per update, 24-token responses, 4 PPO epochs over one
+minibatch, LoRA r=8 on c_attn/c_proj/c_fc, fp32 on the CPU, `--threads` torch threads.
+
+What each side computes per update (the designs differ; that is what is measured):
+  ours  one PeftModel on one trunk: sample with the "policy" adapter (KV cache, stops when every
+        response has EOS); one pass with the policy (log-probs, entropy, values from a linear head on
+        the same hidden states), one with adapters off (reference), one with the "reward" adapter + head
+        (reward); 4 x (forward + backward) of the policy with its value head. Trains LoRA + value head.
+  TRL   policy = PeftModel (LoRA) on a GPT-2, reference = the same with the adapter disabled, value
+        model = a second full GPT2ForSequenceClassification (num_labels=1), reward model = a third one.
+        Generate (KV cache, logits of every step kept); one pass each of reference, value model and
+        reward model; 4 x (forward + backward) of policy and value model. Trains LoRA + the whole value
+        model (TRL's design).
+The reward is one function on both sides: the tiny trunk, a LoRA "reward" adapter whose B is zero (so
+it adds nothing, but ours pays for running it) and a linear head N(0, 1/sqrt(129)). TRL gets it as a
+GPT2ForSequenceClassification with the same head weights; the `prepare` step checks that both score the
+same sequences alike (max abs difference printed). Its scores are not meaningful: speed and memory do not
+depend on what the reward likes, and both sides sample 24 tokens per update (the log says so).
+
+Measured per side: episodes per second (median over the timed updates; each update's wall time is one
+full trip of the training loop), the timed updates' total seconds, the whole subprocess's seconds, peak
+resident memory (VmHWM of the subprocess, cross-checked with wait4's ru_maxrss), resident memory once
+the models are built, and the time split generation / scoring (the no-grad passes, rewards, advantages)
+/ update (the PPO epochs). The machine's load average is printed: on a shared machine the figures move.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "data" / "tiny-gpt2"
+REVIEWS = REPO / "data" / "reviews" / "train.jsonl"
+GIB = 2**30
+
+
+@dataclass
+class BenchConfig:
+    """One benchmark run; saved as config.json in the work folder and handed to each side."""
+
+    updates: int = 10  # timed PPO updates per side
+    warmup: int = 1  # updates run first and not timed (allocator, first-call overheads)
+    threads: int = 2  # torch threads in each subprocess (the dev venv's sitecustomize would set 1)
+    batch_size: int = 64  # episodes per update, in one minibatch
+    ppo_epochs: int = 4  # passes over each batch (Ziegler et al. 2019)
+    query_length: int = 8  # prompt tokens: the openings of training reviews, cut to exactly this many
+    response_length: int = 24  # new tokens sampled per episode (TRL's response_length, our max_new_tokens)
+    lora_r: int = 8  # LoRA rank of the policy, both sides
+    lora_alpha: float = 16.0  # LoRA scale alpha / r = 2, both sides
+    lr: float = 3e-4  # Adam(W) learning rate, both sides, constant; speed does not depend on it
+    kl_coef: float = 0.05  # a fixed beta on both sides (TRL's default; its PPOTrainer has no adaptive KL)
+    temperature: float = 1.0  # sampling temperature, top_k 0, top_p 1 on both sides
+    seed: int = 0  # prompts order, LoRA, heads, sampling
+    sides: tuple[str, ...] = ("ours", "trl")  # which sides to run, in this order
+    rounds: int = 1  # run the sides this many times, interleaved, and keep each side's fastest round
+    profile: bool = False  # also profile one extra update of ours (torch.profiler + cProfile)
+
+
+# -----------------------------------------------------------------------------
+# small helpers (standard library only: the parent process must not import torch, see run_side)
+
+
+def proc_status(key: str) -> int:
+    """A VmRSS / VmHWM line of /proc/self/status in bytes (0 where /proc does not exist)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def peak_rss() -> int:
+    """Peak resident memory of this process in bytes: VmHWM, or ru_maxrss where /proc is missing."""
+    hwm = proc_status("VmHWM")
+    if hwm:
+        return hwm
+    import resource
+    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux kilobytes
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": cpu, "nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity") else os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for name in ("torch", "transformers", "peft", "accelerate", "datasets", "trl"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def summarise_updates(updates: list[dict], warmup: int, batch_size: int) -> dict:
+    """Median episodes per second and mean phase seconds over the timed updates (warm-up left out)."""
+    timed = updates[warmup:]
+    if not timed:
+        raise SystemExit("no timed updates: use --updates 1 or more")
+    seconds = [u["seconds"] for u in timed]
+    phases = {k: statistics.mean(u[k] for u in timed) for k in ("generation", "scoring", "update")}
+    phases["other"] = max(0.0, statistics.mean(seconds) - sum(phases.values()))
+    return {"episodes_per_second": statistics.median(batch_size / s for s in seconds),
+            "episodes_per_second_min": min(batch_size / s for s in seconds),
+            "episodes_per_second_max": max(batch_size / s for s in seconds),
+            "timed_seconds": sum(seconds), "mean_seconds": statistics.mean(seconds), "phase_seconds": phases}
+
+
+# -----------------------------------------------------------------------------
+# child: the shared inputs (prompts, the reward model in both formats) and the check that they agree
+
+
+def child_prepare(cfg: BenchConfig, work: Path) -> dict:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf_lab.loading import load_model
+    from rlhf_lab.ppo import PPOConfig, TrunkRewardModel, add_policy_adapter
+    from rlhf_lab.reward_model import (RewardConfig, RewardModel, add_reward_adapter, load_reward_model,
+                                       new_reward_head, save_reward_model)
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    trunk, tokenizer = load_model(str(TINY), device="cpu")
+
+    # prompts: openings of training reviews that tokenize, as generation tokenizes them, to exactly
+    # query_length tokens (no padding on either side) and decode back to the same ids
+    prompts, ids = [], []
+    for line in REVIEWS.read_text().splitlines():
+        text_ids = tokenizer(json.loads(line)["text"], add_special_tokens=False)["input_ids"][:cfg.query_length]
+        if len(text_ids) < cfg.query_length:
+            continue
+        prompt = tokenizer.decode(text_ids)
+        if tokenizer([prompt])["input_ids"][0] == text_ids:
+            prompts.append(prompt)
+            ids.append(text_ids)
+        if len(prompts) == 2048:
+            break
+    if len(prompts) < cfg.batch_size:
+        raise SystemExit(f"only {len(prompts)} prompts of {cfg.query_length} tokens; need {cfg.batch_size}")
+    (work / "prompts.json").write_text(json.dumps({"prompts": prompts, "input_ids": ids}))
+
+    # the reward: trunk + a zero-effect LoRA adapter + a head; ours in its own format, TRL's as a
+    # sequence-classification model with the same head weights (the score layer has no bias; ours is 0)
+    head = new_reward_head(trunk.config.n_embd)
+    rm_cfg = RewardConfig(trunk=str(TINY), r=cfg.lora_r, lora_alpha=cfg.lora_alpha)
+    ours = RewardModel(add_reward_adapter(trunk, rm_cfg), head=head, tokenizer=tokenizer)
+    save_reward_model(ours, work / "reward_ours", rm_cfg)
+    trl_rm = AutoModelForSequenceClassification.from_pretrained(str(TINY), num_labels=1)
+    with torch.no_grad():
+        trl_rm.score.weight.copy_(head.weight)
+    trl_rm.config.pad_token_id = tokenizer.pad_token_id
+    trl_rm.save_pretrained(work / "reward_trl")
+
+    # check: both score the same rollouts alike, each read the way its trainer reads it
+    from trl.experimental.utils import get_reward  # what TRL's PPOTrainer calls
+
+    from rlhf_lab.generation import Rollout, first_eos_mask
+    B, T = 16, cfg.response_length
+    query = torch.tensor(ids[:B])                                          # (B, Tq)
+    response = torch.randint(2, len(tokenizer), (B, T))                    # (B, T)
+    response[torch.arange(B), torch.randint(0, T, (B,))] = tokenizer.eos_token_id
+    response[: B // 4, :] = torch.where(response[: B // 4] == tokenizer.eos_token_id, 5, response[: B // 4])  # no EOS
+    mask, ended = first_eos_mask(response, tokenizer.eos_token_id)
+    response = torch.where(mask.bool(), response, torch.full_like(response, tokenizer.pad_token_id))
+    rollout = Rollout(query, torch.ones_like(query), response, mask, ended)
+    trunk2, _ = load_model(str(TINY), device="cpu")
+    policy = add_policy_adapter(trunk2, PPOConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha))
+    ours_scores = TrunkRewardModel(load_reward_model(work / "reward_ours", trunk=policy, tokenizer=tokenizer)) \
+        .score([""] * B, [""] * B, rollout)
+    trl_rm = AutoModelForSequenceClassification.from_pretrained(work / "reward_trl", num_labels=1).eval()
+    with torch.no_grad():
+        _, trl_scores, _ = get_reward(trl_rm, torch.cat([query, response], 1), tokenizer.pad_token_id, query.shape[1])
+    diff = (ours_scores - trl_scores).abs().max().item()
+    if not diff < 1e-4:
+        raise SystemExit(f"the two reward models disagree (max abs difference {diff:.2e}); the benchmark "
+                         "would not compare like with like")
+    return {"prompts": len(prompts), "reward_max_abs_difference": diff,
+            "reward_score_std": ours_scores.std().item()}
+
+
+# -----------------------------------------------------------------------------
+# child: our PPO
+
+
+def child_ours(cfg: BenchConfig, work: Path) -> dict:
+    rss = {"after_imports": 0, "after_build": 0}
+    import torch
+    torch.set_num_threads(cfg.threads)
+    from rlhf_lab import ppo as lab_ppo
+    from rlhf_lab.loading import load_model
+    from rlhf_lab.reward_model import load_reward_model
+    rss["after_imports"] = proc_status("VmRSS")
+
+    build_start = time.perf_counter()
+    prompts = json.loads((work / "prompts.json").read_text())["prompts"]
+    pcfg = lab_ppo.ppo_config(
+        steps=cfg.warmup + cfg.updates + 2, batch_size=cfg.batch_size, minibatch_size=cfg.batch_size,
+        ppo_epochs=cfg.ppo_epochs, max_new_tokens=cfg.response_length, temperature=cfg.temperature,
+        kl_coef=cfg.kl_coef, adaptive_kl=False, lr=cfg.lr, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+        seed=cfg.seed, device="cpu")
+    trunk, tokenizer = load_model(str(TINY), device="cpu")
+    model = lab_ppo.add_policy_adapter(trunk, pcfg)
+    reward = lab_ppo.TrunkRewardModel(load_reward_model(work / "reward_ours", trunk=model, tokenizer=tokenizer))
+    trainer = lab_ppo.PPOTrainer(pcfg, model, tokenizer, reward, prompts)
+    build_seconds = time.perf_counter() - build_start
+    rss["after_build"] = proc_status("VmRSS")
+
+    # a clock on generation: the rollout samples through PPOTrainer.sample (responses and their texts)
+    generated = []
+    sample = trainer.sample
+
+    def timed_sample(*args, **kwargs):
+        start = time.perf_counter()
+        rollout, completions = sample(*args, **kwargs)
+        generated.append((time.perf_counter() - start, rollout.response.shape[1]))
+        return rollout, completions
+
+    trainer.sample = timed_sample
+    updates = []
+    for i in range(cfg.warmup + cfg.updates):
+        generated.clear()
+        start = time.perf_counter()
+        metrics = trainer.step()
+        seconds = time.perf_counter() - start
+        generation = sum(s for s, _ in generated)
+        update = metrics.get("seconds_update", float("nan"))
+        updates.append({"seconds": seconds, "generation": generation, "update": update,
+                        "scoring": metrics.get("seconds_rollout", generation) - generation,
+                        "generated_tokens": generated[-1][1] if generated else None,
+                        "response_length": metrics.get("response_length"), "eos_share": metrics.get("eos_share"),
+                        "kl": metrics.get("kl"), "ratio_max": metrics.get("ratio_max")})
+        print(f"ours update {i + 1}: {seconds:.2f} s, {cfg.batch_size / seconds:.1f} episodes/s", flush=True)
+
+    peak = peak_rss()  # before the profiler adds its own memory
+    profile = profile_ours(trainer, work) if cfg.profile else None
+    heads = [trainer.value_head, reward.reward_model.head]
+    return {"updates": updates, "build_seconds": build_seconds, "rss": rss, "profile": profile, "peak_rss": peak,
+            "parameter_bytes": lab_ppo.parameter_memory(trainer.model, heads=heads)["total"],
+            "trainable_parameters": sum(p.numel() for p in trainer.params),
+            "threads": torch.get_num_threads()}
+
+
+def profile_ours(trainer, work: Path) -> dict:
+    """One more update under torch.profiler, then one under cProfile; the tables go to the work folder."""
+    import cProfile
+    import io
+    import pstats
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from rlhf_lab import ppo as lab_ppo
+
+    # labels for the profiler: the module functions PPOTrainer calls by name (those this version has)
+    wrapped = {}
+    for name in ("generate_tokens", "sample_responses", "forward_response", "logprobs_from_logits",
+                 "entropy_from_logits", "policy_loss", "value_loss", "gae", "kl_shaped_rewards", "gold_scores"):
+        original = getattr(lab_ppo, name, None)
+        if not callable(original):
+            continue
+
+        def labelled(*args, __f=original, __name=name, **kwargs):
+            with record_function(f"ppo.{__name}"):
+                return __f(*args, **kwargs)
+
+        wrapped[name] = original
+        setattr(lab_ppo, name, labelled)
+    reward_score = trainer.reward.score
+
+    def labelled_reward(*args, **kwargs):
+        with record_function("ppo.reward.score"):
+            return reward_score(*args, **kwargs)
+
+    trainer.reward.score = labelled_reward
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with record_function("ppo.step"):
+            trainer.step()
+    averages = prof.key_averages()
+    by_total = averages.table(sort_by="cpu_time_total", row_limit=40)
+    by_self = averages.table(sort_by="self_cpu_time_total", row_limit=30)
+    for name, original in wrapped.items():
+        setattr(lab_ppo, name, original)
+    trainer.reward.score = reward_score
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    trainer.step()
+    profiler.disable()
+    stream = io.StringIO()
+    pstats.Stats(profiler, stream=stream).sort_stats("cumulative").print_stats(45)
+    text = ("== torch.profiler, by total CPU time ==\n" + by_total + "\n== torch.profiler, by self CPU time ==\n"
+            + by_self + "\n== cProfile, by cumulative time ==\n" + stream.getvalue())
+    (work / "profile_ours.txt").write_text(text)
+    labels = {e.key: e.cpu_time_total / 1e6 for e in averages if e.key.startswith("ppo.")}
+    return {"file": str(work / "profile_ours.txt"), "labels_seconds": labels,
+            "top_self": [(e.key, e.self_cpu_time_total / 1e6) for e in
+                         sorted(averages, key=lambda e: -e.self_cpu_time_total)[:15]]}
+
+
+# -----------------------------------------------------------------------------
+# child: TRL 1.12's PPOTrainer
+
+
+def child_trl(cfg: BenchConfig, work: Path) -> dict:
+    rss = {"after_imports": 0, "after_build": 0}
+    import warnings
+
+    import torch
+    torch.set_num_threads(cfg.threads)
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+
+    import trl.experimental.ppo.ppo_trainer as trl_ppo
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+    rss["after_imports"] = proc_status("VmRSS")
+
+    build_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    ids = json.loads((work / "prompts.json").read_text())["input_ids"]
+    tokenizer = AutoTokenizer.from_pretrained(str(TINY))
+    tokenizer.padding_side = "left"  # TRL expects left-padded queries (ours need no padding at all)
+    policy = AutoModelForCausalLM.from_pretrained(str(TINY), dtype=torch.float32)
+    value_model = AutoModelForSequenceClassification.from_pretrained(str(TINY), num_labels=1)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(work / "reward_trl", num_labels=1)
+    for m in (value_model, reward_model):
+        m.config.pad_token_id = tokenizer.pad_token_id
+    peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, bias="none",
+                             target_modules=["c_attn", "c_proj", "c_fc"], task_type="CAUSAL_LM",
+                             fan_in_fan_out=True)  # GPT-2's Conv1D stores (in, out)
+    args = PPOConfig(
+        output_dir=str(work / "trl_out"), report_to="none", save_strategy="no", disable_tqdm=True,
+        logging_steps=1, seed=cfg.seed, use_cpu=True,
+        bf16=False, fp16=False,  # fp32; TRL's default bf16=True has no effect in PPOTrainer (README)
+        gradient_checkpointing=False,  # nor has its default True with transformers 5.x (README)
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=1, num_mini_batches=1,
+        local_rollout_forward_batch_size=cfg.batch_size, num_ppo_epochs=cfg.ppo_epochs,
+        total_episodes=cfg.batch_size * (cfg.warmup + cfg.updates), response_length=cfg.response_length,
+        temperature=cfg.temperature, stop_token="eos", missing_eos_penalty=1.0, kl_coef=cfg.kl_coef,
+        learning_rate=cfg.lr, lr_scheduler_type="constant", num_sample_generations=0,
+    )
+    train = Dataset.from_dict({"input_ids": ids})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=None,
+                             reward_model=reward_model, train_dataset=train, value_model=value_model,
+                             eval_dataset=train.select(range(cfg.batch_size)), peft_config=peft_config)
+    build_seconds = time.perf_counter() - build_start
+    rss["after_build"] = proc_status("VmRSS")
+
+    # clocks: batch_generation opens each update; the first forward with grad on opens its PPO epochs;
+    # on_step_end closes them; the next update's batch_generation (or the end of train) closes the trip
+    marks = {"gen_start": [], "gen_end": [], "update_start": [], "step_end": [], "tokens": [], "pad_share": []}
+    batch_generation, forward = trl_ppo.batch_generation, trl_ppo.forward
+
+    def timed_generation(*a, **k):
+        marks["gen_start"].append(time.perf_counter())
+        query_responses, logits = batch_generation(*a, **k)
+        marks["gen_end"].append(time.perf_counter())
+        response = query_responses[:, cfg.query_length:]
+        marks["tokens"].append(response.shape[1])
+        marks["pad_share"].append((response == tokenizer.pad_token_id).float().mean().item())
+        return query_responses, logits
+
+    def timed_forward(*a, **k):
+        if torch.is_grad_enabled() and len(marks["update_start"]) < len(marks["gen_start"]):
+            marks["update_start"].append(time.perf_counter())
+        return forward(*a, **k)
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            marks["step_end"].append(time.perf_counter())
+
+    trl_ppo.batch_generation, trl_ppo.forward = timed_generation, timed_forward
+    trainer.add_callback(Clock())
+    trainer.train()
+    train_end = time.perf_counter()
+    checkpointing = bool(getattr(trainer.policy_model, "is_activation_checkpointing",
+                                 getattr(trainer.policy_model, "is_gradient_checkpointing", False)))
+
+    updates = []
+    starts = marks["gen_start"] + [train_end]
+    for i in range(len(marks["gen_start"])):
+        seconds = starts[i + 1] - starts[i]
+        updates.append({"seconds": seconds, "generation": marks["gen_end"][i] - marks["gen_start"][i],
+                        "scoring": marks["update_start"][i] - marks["gen_end"][i],
+                        "update": marks["step_end"][i] - marks["update_start"][i],
+                        "generated_tokens": marks["tokens"][i], "pad_share": marks["pad_share"][i]})
+        print(f"trl update {i + 1}: {seconds:.2f} s, {cfg.batch_size / seconds:.1f} episodes/s", flush=True)
+
+    seen, parameter_bytes = set(), 0
+    for m in (trainer.policy_model, trainer.value_model, trainer.reward_model):
+        for p in m.parameters():
+            if p.untyped_storage().data_ptr() not in seen:
+                seen.add(p.untyped_storage().data_ptr())
+                parameter_bytes += p.untyped_storage().nbytes()
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    return {"updates": updates, "build_seconds": build_seconds, "rss": rss, "parameter_bytes": parameter_bytes,
+            "trainable_parameters": trainable, "gradient_checkpointing": checkpointing,
+            "threads": torch.get_num_threads()}
+
+
+CHILDREN = {"prepare": child_prepare, "ours": child_ours, "trl": child_trl}
+
+
+def child_main(side: str, work: Path, profile: bool) -> None:
+    cfg = BenchConfig(**json.loads((work / "config.json").read_text()))
+    cfg = dataclasses.replace(cfg, sides=tuple(cfg.sides), profile=profile)
+    start = time.perf_counter()
+    result = CHILDREN[side](cfg, work)
+    result = {"peak_rss": peak_rss()} | result | {"process_seconds": time.perf_counter() - start}
+    (work / f"result_{side}.json").write_text(json.dumps(result, indent=2))
+
+
+# -----------------------------------------------------------------------------
+# parent: run the sides, one subprocess each, and print the comparison
+
+
+def run_side(side: str, cfg: BenchConfig, work: Path, verbose: bool, profile: bool = False) -> dict:
+    """Run one side in a fresh interpreter and return its result with the child's own rusage.
+
+    The parent imports no torch: a child started by fork/vfork may otherwise inherit the parent's
+    high-water mark into ru_maxrss; the child's own VmHWM is the main figure anyway.
+    """
+    env = dict(os.environ, OMP_NUM_THREADS=str(cfg.threads), MKL_NUM_THREADS=str(cfg.threads),
+               CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TRL_EXPERIMENTAL_SILENCE="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONPATH=os.pathsep.join(
+                   [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+    log = work / f"{side}.log"
+    with open(log, "w") as out:
+        wall = time.perf_counter()
+        command = [sys.executable, __file__, "--child", side, "--work", str(work)] + (["--profile"] if profile else [])
+        proc = subprocess.Popen(command, env=env,
+                                stdout=None if verbose else out, stderr=subprocess.STDOUT if not verbose else None,
+                                cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - wall
+    if proc.returncode != 0:
+        tail = "" if verbose else "\n".join(log.read_text().splitlines()[-30:])
+        raise SystemExit(f"the {side!r} side failed (exit {proc.returncode}); its log: {log}\n{tail}")
+    result = json.loads((work / f"result_{side}.json").read_text())
+    scale = 1 if sys.platform == "darwin" else 1024
+    result |= {"wall_seconds": wall, "ru_maxrss": usage.ru_maxrss * scale,
+               "cpu_seconds": usage.ru_utime + usage.ru_stime, "log": str(log)}
+    return result
+
+
+def report(cfg: BenchConfig, results: dict, prepare: dict, info: dict) -> str:
+    """The Markdown table for the README, with the machine, the versions and the load."""
+    sides = [s for s in ("ours", "trl") if s in results]
+    names = {"ours": "rlhf_lab", "trl": "TRL 1.12 PPOTrainer"}
+    summary = {s: summarise_updates(results[s]["updates"], cfg.warmup, cfg.batch_size) for s in sides}
+
+    def row(label, fmt, value, ratio=True):
+        cells = [fmt(value(s)) for s in sides]
+        if len(sides) == 2:
+            a, b = value("ours"), value("trl")
+            cells.append(f"{a / b:.2f}x" if ratio and b else "")
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    header = "| | " + " | ".join(names[s] for s in sides) + (" | ours / TRL |" if len(sides) == 2 else " |")
+    lines = [
+        f"PPO on the tiny GPT-2 ({cfg.batch_size} episodes per update, {cfg.query_length}-token prompts, "
+        f"{cfg.response_length}-token responses, {cfg.ppo_epochs} epochs x 1 minibatch, LoRA r={cfg.lora_r}, "
+        f"fp32 CPU, {cfg.threads} thread{'s' if cfg.threads > 1 else ''}; median of {cfg.updates} updates "
+        f"after {cfg.warmup} warm-up" + (f", fastest of {cfg.rounds} rounds)" if cfg.rounds > 1 else ")"),
+        f"{info['date']}, {info['machine']['cpu']}, nproc {info['machine']['nproc']}, load average "
+        f"{info['load_before'][0]:.2f} before / {info['load_after'][0]:.2f} after; "
+        + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v),
+        "",
+        header,
+        "|---|" + "---:|" * (len(sides) + (1 if len(sides) == 2 else 0)),
+        row("episodes / s (median)", lambda v: f"{v:.1f}", lambda s: summary[s]["episodes_per_second"]),
+        row("episodes / s (min to max)", lambda v: v, lambda s: f"{summary[s]['episodes_per_second_min']:.1f} to "
+            f"{summary[s]['episodes_per_second_max']:.1f}", ratio=False),
+        row(f"seconds, {cfg.updates} timed updates", lambda v: f"{v:.1f}", lambda s: summary[s]["timed_seconds"]),
+        row("seconds, whole subprocess", lambda v: f"{v:.1f}", lambda s: results[s]["wall_seconds"]),
+        row("peak RSS (GiB)" + (", highest round" if cfg.rounds > 1 else ""), lambda v: f"{v / GIB:.2f}",
+            lambda s: results[s]["peak_rss"]),
+        row("RSS after imports (GiB)", lambda v: f"{v / GIB:.2f}", lambda s: results[s]["rss"]["after_imports"]),
+        row("RSS with models built (GiB)", lambda v: f"{v / GIB:.2f}", lambda s: results[s]["rss"]["after_build"]),
+        row("parameters held (MiB)", lambda v: f"{v / 2**20:.1f}", lambda s: results[s]["parameter_bytes"]),
+        row("trainable parameters", lambda v: f"{v:,}", lambda s: results[s]["trainable_parameters"]),
+    ]
+    for phase in ("generation", "scoring", "update", "other"):
+        lines.append(row(f"s per update: {phase}", lambda v: v, lambda s, p=phase: (
+            f"{summary[s]['phase_seconds'][p]:.2f} ({summary[s]['phase_seconds'][p] / summary[s]['mean_seconds']:.0%})"),
+            ratio=False))
+    if len(sides) == 2:
+        speed = summary["ours"]["episodes_per_second"] / summary["trl"]["episodes_per_second"]
+        memory = results["ours"]["peak_rss"] / results["trl"]["peak_rss"]
+        lines += ["", f"Goal (issue 6): episodes/s >= 2x TRL's: {speed:.2f}x, "
+                  f"{'met' if speed >= 2 else 'not met'}; peak memory <= 0.6x TRL's: {memory:.2f}x, "
+                  f"{'met' if memory <= 0.6 else 'not met'}."]
+    return "\n".join(lines)
+
+
+def field_help() -> dict[str, str]:
+    """The comment beside each BenchConfig field, as rlhf_lab.config_args reads it; loaded from its file,
+    since importing the rlhf_lab package would import torch into this parent process."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("config_args", REPO / "rlhf_lab" / "config_args.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.field_help(BenchConfig)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    helps = field_help()
+    for f in dataclasses.fields(BenchConfig):
+        help_text = f"{helps.get(f.name, '')} (default: {f.default})"
+        if f.name == "sides":
+            p.add_argument("--sides", nargs="+", choices=["ours", "trl"], default=list(f.default), help=help_text)
+        elif f.type in ("bool", bool):
+            p.add_argument("--" + f.name, action="store_true", help=help_text)
+        else:
+            p.add_argument("--" + f.name.replace("_", "-"), type={"int": int, "float": float}[str(f.type)],
+                           default=f.default, help=help_text)
+    p.add_argument("--work", type=Path, default=None, help="work folder (default: a fresh temporary one)")
+    p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+    p.add_argument("--verbose", action="store_true", help="show each side's output instead of logging it")
+    p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        child_main(args.child, args.work, args.profile)
+        return
+
+    cfg = BenchConfig(**{f.name: tuple(getattr(args, f.name)) if f.name == "sides" else getattr(args, f.name)
+                         for f in dataclasses.fields(BenchConfig)})
+    from importlib.util import find_spec
+    if find_spec("trl") is None:  # the prepare step checks our reward against TRL's get_reward too
+        raise SystemExit('trl is not installed: pip install -e ".[bench]" (trl==1.12.0)')
+    work = args.work or Path(tempfile.mkdtemp(prefix="ppo_vs_trl_"))
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    info = {"date": datetime.date.today().isoformat(), "machine": machine(), "versions": versions(),
+            "load_before": os.getloadavg(), "config": dataclasses.asdict(cfg), "work": str(work)}
+    print(f"work folder: {work}   load average {info['load_before'][0]:.2f}   {info['machine']['cpu']}, "
+          f"nproc {info['machine']['nproc']}", flush=True)
+    if info["load_before"][0] > 0.5:
+        print(f"warning: the machine is busy (load average {info['load_before'][0]:.2f} on {info['machine']['nproc']} "
+              "CPUs): the figures will be noisy, and with --threads > 1 OpenMP threads that wait for each other "
+              "at every operator can slow both sides several-fold. Measure on a quiet machine, or use --rounds.",
+              flush=True)
+
+    prepare = run_side("prepare", cfg, work, args.verbose)
+    print(f"prepared {prepare['prompts']} prompts; the two reward models agree to "
+          f"{prepare['reward_max_abs_difference']:.1e}", flush=True)
+    rounds = {side: [] for side in cfg.sides}
+    for r in range(cfg.rounds):
+        for side in cfg.sides:
+            print(f"running {side} (round {r + 1} of {cfg.rounds}) ...", flush=True)
+            result = run_side(side, cfg, work, args.verbose, profile=cfg.profile and side == "ours" and r == 0)
+            rounds[side].append(result)
+            s = summarise_updates(result["updates"], cfg.warmup, cfg.batch_size)
+            tokens = sorted({u["generated_tokens"] for u in result["updates"]})
+            print(f"  {side}: {s['episodes_per_second']:.1f} episodes/s, peak RSS {result['peak_rss'] / GIB:.2f} GiB "
+                  f"(ru_maxrss {result['ru_maxrss'] / GIB:.2f}), {result['cpu_seconds']:.0f} CPU s in "
+                  f"{result['wall_seconds']:.0f} s, load average {os.getloadavg()[0]:.2f}, tokens generated per "
+                  f"update {tokens}", flush=True)
+    info["load_after"] = os.getloadavg()
+    # other jobs only ever slow a side down: keep each side's fastest round, and its highest peak memory
+    results = {}
+    for side, runs in rounds.items():
+        best = max(runs, key=lambda res: summarise_updates(res["updates"], cfg.warmup, cfg.batch_size)
+                   ["episodes_per_second"])
+        results[side] = best | {"peak_rss": max(res["peak_rss"] for res in runs),
+                                "profile": next((res["profile"] for res in runs if res.get("profile")), None)}
+
+    table = report(cfg, results, prepare, info)
+    print("\n" + table)
+    profile = results.get("ours", {}).get("profile")
+    if profile:
+        print(f"\nProfile of one update of ours (full tables: {profile['file']}):")
+        for key, seconds in sorted(profile["labels_seconds"].items(), key=lambda kv: -kv[1]):
+            print(f"  {key:28s} {seconds:6.2f} s (total, children included)")
+        print("  top operators by self time: " + ", ".join(f"{k} {s:.2f} s" for k, s in profile["top_self"][:10]))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"info": info, "prepare": prepare, "results": results,
+                                         "rounds": rounds, "table": table}, indent=2))
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
