@@ -730,7 +730,7 @@ class PPOTrainer:
             if not (old / "trainer_state.pt").is_file():
                 return False
             path = old
-        state = torch.load(path / "trainer_state.pt", weights_only=False)
+        state = torch.load(path / "trainer_state.pt", weights_only=True)  # tensors, numbers, lists, dicts only
         for key in ("batch_size", "minibatch_size", "seed", "max_new_tokens", "reward", "r", "lora_alpha"):
             saved, now = state["config"].get(key), config_to_dict(self.cfg)[key]
             if saved != now:
