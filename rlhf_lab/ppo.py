@@ -48,10 +48,9 @@ from typing import Callable, Protocol
 
 import numpy as np
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformers.pytorch_utils import Conv1D
 
 from .generation import Rollout, decode_responses, first_eos_mask
 from .gold import gold_scores
@@ -232,19 +231,11 @@ def add_policy_adapter(trunk, cfg: PPOConfig) -> PeftModel:
     LoRA's B starts at 0, so the policy starts exactly as the SFT model: on the first step the KL to
     the reference is 0 and the PPO ratio is 1.
     """
-    targets = [m for name, m in trunk.named_modules() if name.split(".")[-1] in cfg.target_modules]
-    if not targets:
-        raise LabError(f"None of the target modules {list(cfg.target_modules)} is in this model. GPT-2 "
-                       "uses c_attn, c_proj, c_fc; Llama-style models q_proj, k_proj, v_proj, o_proj.")
+    from .sft import lora_adapter
     if cfg.fused_gelu:
         use_fused_gelu(trunk)
-    config = LoraConfig(r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,  # dropout off in RL
-                        target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM",
-                        fan_in_fan_out=isinstance(targets[0], Conv1D))  # GPT-2's Conv1D stores (in, out)
-    import warnings
-    with warnings.catch_warnings():  # peft calls a transformers method deprecated in 5.x; nothing to act on
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model = get_peft_model(trunk, config, adapter_name=POLICY)
+    model = lora_adapter(trunk, cfg.target_modules, cfg.r, cfg.lora_alpha, lora_dropout=0.0,  # dropout off in RL
+                         adapter_name=POLICY)
     model.eval()
     return model
 

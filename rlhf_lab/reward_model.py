@@ -35,10 +35,9 @@ from pathlib import Path
 
 import datasets
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformers.pytorch_utils import Conv1D
 
 from .gold import gold_score
 from .loading import load_model, load_tokenizer
@@ -134,19 +133,9 @@ def _quiet_peft():
 
 
 def add_reward_adapter(trunk, cfg: RewardConfig, adapter_name: str = ADAPTER_NAME) -> PeftModel:
-    """Wrap `trunk` (in place, as peft does) with a fresh LoRA adapter; only the adapter trains.
-
-    GPT-2's layers are transformers' Conv1D, which store weights as (in, out): fan_in_fan_out=True.
-    """
-    targets = [m for name, m in trunk.named_modules() if name.split(".")[-1] in cfg.target_modules]
-    if not targets:
-        raise LabError(f"None of the target modules {list(cfg.target_modules)} is in this model. GPT-2 "
-                       "uses c_attn, c_proj, c_fc; Llama-style models q_proj, k_proj, v_proj, o_proj.")
-    config = LoraConfig(r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM",
-                        fan_in_fan_out=isinstance(targets[0], Conv1D))
-    with _quiet_peft():
-        return get_peft_model(trunk, config, adapter_name=adapter_name)
+    """Wrap `trunk` (in place, as peft does) with a fresh LoRA adapter; only the adapter trains."""
+    from .sft import lora_adapter
+    return lora_adapter(trunk, cfg.target_modules, cfg.r, cfg.lora_alpha, cfg.lora_dropout, adapter_name)
 
 
 def new_reward_head(n_embd: int) -> torch.nn.Linear:

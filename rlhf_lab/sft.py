@@ -178,21 +178,28 @@ def _quiet_peft():
         yield
 
 
-def add_lora(model, cfg: SFTConfig) -> PeftModel:
-    """Wrap `model` (in place, as peft does) with LoRA adapters on cfg.target_modules; only they train.
+def lora_adapter(model, target_modules, r: int, lora_alpha: float, lora_dropout: float = 0.0,
+                 adapter_name: str = "default") -> PeftModel:
+    """Wrap `model` (in place, as peft does) with a fresh LoRA adapter on `target_modules`; only it
+    trains. Every stage builds its adapter here (SFT, the reward model, the PPO policy).
 
     GPT-2's layers are transformers' Conv1D, which store the weight as (in, out): peft must know
     (fan_in_fan_out=True) or it would transpose the update.
     """
-    targets = [m for name, m in model.named_modules() if name.split(".")[-1] in cfg.target_modules]
+    targets = [m for name, m in model.named_modules() if name.split(".")[-1] in target_modules]
     if not targets:
-        raise LabError(f"None of the target modules {list(cfg.target_modules)} is in this model. GPT-2 "
+        raise LabError(f"None of the target modules {list(target_modules)} is in this model. GPT-2 "
                        "uses c_attn, c_proj, c_fc; Llama-style models q_proj, k_proj, v_proj, o_proj.")
-    config = LoraConfig(r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM",
+    config = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                        target_modules=list(target_modules), bias="none", task_type="CAUSAL_LM",
                         fan_in_fan_out=isinstance(targets[0], Conv1D))
     with _quiet_peft():
-        return get_peft_model(model, config)
+        return get_peft_model(model, config, adapter_name=adapter_name)
+
+
+def add_lora(model, cfg: SFTConfig) -> PeftModel:
+    """Wrap `model` (in place, as peft does) with LoRA adapters on cfg.target_modules; only they train."""
+    return lora_adapter(model, cfg.target_modules, cfg.r, cfg.lora_alpha, cfg.lora_dropout)
 
 
 def count_parameters(model) -> dict:
