@@ -194,8 +194,10 @@ def stage_rm(out: Path, cfg, args, resume: bool) -> dict:
     policy, tokenizer = load_sft(sft_path, device=args.device)
     base = json.loads((sft_path / "sft_config.json").read_text())["model"]
     cfg = dataclasses.replace(cfg, trunk=base, sft_adapter=str(sft_path))
-    pairs = load_preferences(pipeline.rankings_path(out))
-    result = train_reward_model(cfg, pairs, trunk=merge_adapter(policy), tokenizer=tokenizer, progress=True)
+    # whole prompts held out, then at most 2,000 training pairs: the same split as the notebooks
+    train, held_out = pipeline.reward_model_pairs(load_preferences(pipeline.rankings_path(out)), cfg)
+    result = train_reward_model(cfg, train, trunk=merge_adapter(policy), tokenizer=tokenizer,
+                                eval_pairs=held_out, progress=True)
     n_norm = pipeline.N_NORMALISE[bool(args.fast)]
     norm = result.reward_model.normalise_on(pipeline.normalisation_samples(policy, tokenizer, n_norm, cfg.seed))
     metrics = result.metrics | {"normalisation": norm, "train_pairs": len(result.train_pairs),
