@@ -38,6 +38,17 @@ def first_eos_mask(response: torch.Tensor, eos_token_id: int) -> tuple[torch.Ten
     return (eos_before == 0).long(), ended
 
 
+def encode_prompts(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(query, query_mask) # (B, Tq): prompts left-padded, so every prompt ends where generation starts."""
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = old_side
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
 @torch.no_grad()
 def generate_tokens(model, tokenizer, prompts: list[str], max_new_tokens: int = 48,
                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -47,14 +58,7 @@ def generate_tokens(model, tokenizer, prompts: list[str], max_new_tokens: int = 
     Sampling follows RLHF practice: the full distribution (top_k 0, top_p 1) at `temperature`
     (Ziegler et al. 2019); whoever scores log-probs later must divide logits by the same temperature.
     """
-    device = next(model.parameters()).device
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # so every prompt ends right where generation starts
-    try:
-        enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
-    finally:
-        tokenizer.padding_side = old_side
-    query, query_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # (B, Tq)
+    query, query_mask = encode_prompts(tokenizer, prompts, next(model.parameters()).device)  # (B, Tq)
     out = model.generate(
         input_ids=query, attention_mask=query_mask, max_new_tokens=max_new_tokens,
         do_sample=not greedy, temperature=temperature if not greedy else None,

@@ -52,7 +52,7 @@ from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .generation import Rollout, decode_responses, first_eos_mask
+from .generation import Rollout, decode_responses, encode_prompts, first_eos_mask
 from .gold import gold_scores
 from .ppo_math import (
     AdaptiveKLController,
@@ -345,13 +345,7 @@ def sample_responses(model, tokenizer, prompts: list[str], max_new_tokens: int =
     """
     lm = causal_lm(model)
     device = next(model.parameters()).device
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # so every prompt ends right where generation starts
-    try:
-        enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
-    finally:
-        tokenizer.padding_side = old_side
-    query, query_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)   # (B, Tq)
+    query, query_mask = encode_prompts(tokenizer, prompts, device)                       # (B, Tq)
     B = query.shape[0]
     attention_mask = query_mask
     position_ids = (query_mask.cumsum(-1) - 1).clamp(min=0)                            # (B, Tq)
