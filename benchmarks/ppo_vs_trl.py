@@ -68,6 +68,9 @@ class BenchConfig:
     ppo_epochs: int = 4  # passes over each batch (Ziegler et al. 2019)
     query_length: int = 8  # prompt tokens: the openings of training reviews, cut to exactly this many
     response_length: int = 24  # new tokens sampled per episode (TRL's response_length, our max_new_tokens)
+    micro_batch_size: int = 64  # episodes per forward + backward in the PPO epochs, both sides; below
+    # batch_size the gradients of the chunks are summed into the one optimizer step per minibatch (ours:
+    # PPOConfig.micro_batch_size; TRL: per_device_train_batch_size x gradient_accumulation_steps)
     lora_r: int = 8  # LoRA rank of the policy, both sides
     lora_alpha: float = 16.0  # LoRA scale alpha / r = 2, both sides
     lr: float = 3e-4  # Adam(W) learning rate, both sides, constant; speed does not depend on it
@@ -231,7 +234,8 @@ def child_ours(cfg: BenchConfig, work: Path) -> dict:
     prompts = json.loads((work / "prompts.json").read_text())["prompts"]
     pcfg = lab_ppo.ppo_config(
         steps=cfg.warmup + cfg.updates + 2, batch_size=cfg.batch_size, minibatch_size=cfg.batch_size,
-        ppo_epochs=cfg.ppo_epochs, max_new_tokens=cfg.response_length, temperature=cfg.temperature,
+        micro_batch_size=cfg.micro_batch_size, ppo_epochs=cfg.ppo_epochs, max_new_tokens=cfg.response_length,
+        temperature=cfg.temperature,
         kl_coef=cfg.kl_coef, adaptive_kl=False, lr=cfg.lr, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
         seed=cfg.seed, device="cpu")
     trunk, tokenizer = load_model(str(TINY), device="cpu")
@@ -369,7 +373,9 @@ def child_trl(cfg: BenchConfig, work: Path) -> dict:
         logging_steps=1, seed=cfg.seed, use_cpu=True,
         bf16=False, fp16=False,  # fp32; TRL's default bf16=True has no effect in PPOTrainer (README)
         gradient_checkpointing=False,  # nor has its default True with transformers 5.x (README)
-        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=1, num_mini_batches=1,
+        # one minibatch of batch_size, through forward + backward in chunks of micro_batch_size
+        per_device_train_batch_size=cfg.micro_batch_size,
+        gradient_accumulation_steps=cfg.batch_size // cfg.micro_batch_size, num_mini_batches=1,
         local_rollout_forward_batch_size=cfg.batch_size, num_ppo_epochs=cfg.ppo_epochs,
         total_episodes=cfg.batch_size * (cfg.warmup + cfg.updates), response_length=cfg.response_length,
         temperature=cfg.temperature, stop_token="eos", missing_eos_penalty=1.0, kl_coef=cfg.kl_coef,
@@ -498,7 +504,9 @@ def report(cfg: BenchConfig, results: dict, prepare: dict, info: dict) -> str:
     header = "| | " + " | ".join(names[s] for s in sides) + (" | ours / TRL |" if len(sides) == 2 else " |")
     lines = [
         f"PPO on the tiny GPT-2 ({cfg.batch_size} episodes per update, {cfg.query_length}-token prompts, "
-        f"{cfg.response_length}-token responses, {cfg.ppo_epochs} epochs x 1 minibatch, LoRA r={cfg.lora_r}, "
+        f"{cfg.response_length}-token responses, {cfg.ppo_epochs} epochs x 1 minibatch"
+        + (f" in chunks of {cfg.micro_batch_size}" if cfg.micro_batch_size < cfg.batch_size else "")
+        + f", LoRA r={cfg.lora_r}, "
         f"fp32 CPU, {cfg.threads} thread{'s' if cfg.threads > 1 else ''}; median of {cfg.updates} updates "
         f"after {cfg.warmup} warm-up" + (f", fastest of {cfg.rounds} rounds)" if cfg.rounds > 1 else ")"),
         f"{info['date']}, {info['machine']['cpu']}, nproc {info['machine']['nproc']}, load average "
@@ -565,6 +573,8 @@ def main(argv=None) -> None:
 
     cfg = BenchConfig(**{f.name: tuple(getattr(args, f.name)) if f.name == "sides" else getattr(args, f.name)
                          for f in dataclasses.fields(BenchConfig)})
+    if not 0 < cfg.micro_batch_size <= cfg.batch_size or cfg.batch_size % cfg.micro_batch_size:
+        raise SystemExit(f"--micro-batch-size {cfg.micro_batch_size} must divide --batch-size {cfg.batch_size}")
     from importlib.util import find_spec
     if find_spec("trl") is None:  # the prepare step checks our reward against TRL's get_reward too
         raise SystemExit('trl is not installed: pip install -e ".[bench]" (trl==1.12.0)')

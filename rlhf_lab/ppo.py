@@ -775,6 +775,19 @@ def save_adapter(model: PeftModel, adapter: str, path: str | Path) -> Path:
 # the whole stage: build, train, evaluate, save
 
 
+def reward_fits_sft(reward_model: str | Path, sft: str | Path) -> bool:
+    """Was the reward model trained on the trunk that merges this SFT adapter? The adapters' weights
+    decide (a fingerprint in reward_model.json), so a copied or moved run folder still fits; reward
+    models saved without a fingerprint are matched by the adapter's path."""
+    from .reward_model import reward_model_info
+    from .sft import adapter_fingerprint
+
+    trunk = reward_model_info(reward_model)["trunk"]
+    if trunk.get("sft_fingerprint") is not None:
+        return trunk["sft_fingerprint"] == adapter_fingerprint(sft)
+    return trunk.get("sft_adapter") is not None and Path(trunk["sft_adapter"]).resolve() == Path(sft).resolve()
+
+
 def make_reward(cfg: PPOConfig, model: PeftModel, tokenizer) -> Reward:
     """The reward cfg.reward names: "gold", or "rm" (the stage-2 reward model, loaded onto `model`'s trunk)."""
     if cfg.reward == "gold":
@@ -787,8 +800,8 @@ def make_reward(cfg: PPOConfig, model: PeftModel, tokenizer) -> Reward:
     if cfg.reward_model is None:
         from .pipeline import ensure_reward_model
         cfg.reward_model = str(ensure_reward_model())
-    trunk_sft = reward_model_info(cfg.reward_model)["trunk"].get("sft_adapter")
-    if trunk_sft is None or Path(trunk_sft).resolve() != Path(cfg.sft).resolve():
+    if not reward_fits_sft(cfg.reward_model, cfg.sft):
+        trunk_sft = reward_model_info(cfg.reward_model)["trunk"].get("sft_adapter")
         raise LabError(f"The reward model in {cfg.reward_model} was trained on the trunk with SFT adapter "
                        f"{trunk_sft!r}, but this PPO run's trunk merges {cfg.sft!r}. Its adapter only fits the "
                        "trunk it was trained on: train it on this SFT model (pipeline.ensure_reward_model) "

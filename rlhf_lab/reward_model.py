@@ -528,6 +528,8 @@ def save_reward_model(reward_model: RewardModel, path: str | Path, config: Rewar
         saved = saved if saved.is_dir() else Path(tmp)
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             shutil.copyfile(saved / name, path / name)
+    from .sft import adapter_fingerprint
+
     head = {k: v.detach().cpu().contiguous() for k, v in reward_model.head.state_dict().items()}
     save_file(head, str(path / HEAD_FILE))
     if reward_model.tokenizer is not None:
@@ -536,7 +538,8 @@ def save_reward_model(reward_model: RewardModel, path: str | Path, config: Rewar
     meta = {
         "gain": reward_model.gain,
         "bias": reward_model.bias,
-        "trunk": {"model": config.trunk, "sft_adapter": config.sft_adapter},
+        "trunk": {"model": config.trunk, "sft_adapter": config.sft_adapter,
+                  "sft_fingerprint": adapter_fingerprint(config.sft_adapter)},
         "adapter_name": reward_model.adapter_name,
         "max_length": reward_model.max_length,
         "config": config_to_dict(config),

@@ -479,6 +479,22 @@ def load_sft(path: str | Path, device: str | torch.device | None = "auto", base:
     return model, tokenizer
 
 
+def adapter_fingerprint(path: str | Path | None) -> str | None:
+    """The first 16 hex digits of the SHA-256 of a saved adapter's weights (adapter_model.safetensors),
+    or None if there is none. Names the adapter by what it is, not where it lies: a run folder that was
+    copied or moved still matches."""
+    import hashlib
+
+    weights = Path(path) / "adapter_model.safetensors" if path is not None else None
+    if weights is None or not weights.is_file():
+        return None
+    digest = hashlib.sha256()
+    with weights.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
 def merge_adapter(peft_model: PeftModel):
     """A plain transformers model with the LoRA update added into its weights (W + alpha/r B A).
 

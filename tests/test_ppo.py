@@ -411,6 +411,39 @@ def reward_on_sft_dir(reward_dir, sft_dir, tmp_path_factory):
     return path
 
 
+def test_reward_model_fits_a_copied_sft_adapter_by_fingerprint(tiny, sft_dir, reward_dir, tmp_path):
+    """A run folder copied elsewhere still pairs its reward model with its SFT adapter (the weights'
+    fingerprint decides, not the path); an adapter with other weights does not fit."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from rlhf_lab.ppo import reward_fits_sft
+    from rlhf_lab.sft import adapter_fingerprint
+
+    model, tokenizer = tiny
+    loaded = load_reward_model(reward_dir, trunk=copy.deepcopy(model), tokenizer=tokenizer)
+    rm = save_reward_model(loaded, tmp_path / "rm", RewardConfig(trunk="tiny", sft_adapter=str(sft_dir)))
+    meta = json.loads((rm / "reward_model.json").read_text())
+    assert meta["trunk"]["sft_fingerprint"] == adapter_fingerprint(sft_dir)
+    moved = shutil.copytree(sft_dir, tmp_path / "moved" / "adapter")
+    assert len(meta["trunk"]["sft_fingerprint"]) == 16
+    assert reward_fits_sft(rm, sft_dir) and reward_fits_sft(rm, moved)
+
+    other = shutil.copytree(sft_dir, tmp_path / "other")
+    weights = load_file(str(other / "adapter_model.safetensors"))
+    name = next(k for k in weights if "lora_B" in k)
+    weights[name] = weights[name] + 0.01
+    save_file(weights, str(other / "adapter_model.safetensors"))
+    assert not reward_fits_sft(rm, other)
+    assert adapter_fingerprint(tmp_path / "nowhere") is None
+
+    # saved before fingerprints: the path decides
+    del meta["trunk"]["sft_fingerprint"]
+    (rm / "reward_model.json").write_text(json.dumps(meta))
+    assert reward_fits_sft(rm, sft_dir) and not reward_fits_sft(rm, moved)
+
+
 def test_train_ppo_writes_a_run_and_resumes_it(tiny, sft_dir, reward_on_sft_dir, tmp_path):
     from rlhf_lab.ppo import load_policy, train_ppo
 
