@@ -10,6 +10,7 @@ run is the path the tests run on local directories.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -19,6 +20,7 @@ from urllib.parse import urlparse
 import datasets
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from .utils import DATA_DIR, REPO_DIR, LabError, pick_device
 
@@ -66,6 +68,23 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def quiet_progress():
+    """No transformers / datasets progress bars inside: loading a local folder takes a blink, and a bar
+    per load ("Loading weights", "Generating train split") only clutters a notebook. Hub downloads keep
+    theirs. Restores whatever was set before."""
+    hf_was, ds_was = hf_logging.is_progress_bar_enabled(), datasets.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if hf_was:
+            hf_logging.enable_progress_bar()
+        if ds_was:
+            datasets.enable_progress_bars()
+
+
 def _from_pretrained(loader, name: str, what: str, **kwargs):
     """`loader.from_pretrained(name)`, with one clear error when it cannot work.
 
@@ -75,11 +94,13 @@ def _from_pretrained(loader, name: str, what: str, **kwargs):
     """
     if Path(name).exists():
         try:
-            return loader.from_pretrained(name, local_files_only=True, **kwargs)
+            with quiet_progress():
+                return loader.from_pretrained(name, local_files_only=True, **kwargs)
         except Exception as err:
             raise _explain_load_error(name, what, err) from None
     try:
-        return loader.from_pretrained(name, local_files_only=True, **kwargs)
+        with quiet_progress():
+            return loader.from_pretrained(name, local_files_only=True, **kwargs)
     except Exception:
         pass  # not cached: ask the hub below
     if not hub_reachable():
@@ -136,15 +157,18 @@ def load_model(name: str | Path = TINY, device: str | torch.device | None = "aut
 def _load_local_dataset(path: Path, split: str) -> datasets.Dataset:
     """A data file (.jsonl, .json, .csv, .txt, .parquet) or a folder of them, or a save_to_disk folder."""
     if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
-        loaded = datasets.load_from_disk(str(path))
+        with quiet_progress():
+            loaded = datasets.load_from_disk(str(path))
         return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
     if path.is_file():
         suffix = path.suffix.lower()
         builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".txt": "text", ".parquet": "parquet"}.get(suffix)
         if builder is None:
             raise LabError(f"{path}: unknown data file type {suffix!r}; use .jsonl, .json, .csv, .txt or .parquet.")
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
-    return datasets.load_dataset(str(path), split=split)  # a folder of data files, as on the hub
+        with quiet_progress():
+            return datasets.load_dataset(builder, data_files=str(path), split="train")
+    with quiet_progress():
+        return datasets.load_dataset(str(path), split=split)  # a folder of data files, as on the hub
 
 
 def _load_hub_dataset(name: str, split: str) -> datasets.Dataset:

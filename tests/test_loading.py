@@ -128,3 +128,28 @@ def test_device_choice_and_fast_mode(monkeypatch):
     assert fast_mode(True) is False
     monkeypatch.delenv("RLHF_LAB_FAST")
     assert fast_mode(False) is False
+
+
+def test_local_loads_show_no_library_progress_bars_and_restore_the_setting(tiny, tmp_path, capsys):
+    """Loading a local folder prints no transformers/datasets bar ("Loading weights", "Generating
+    split"), and leaves the libraries' own setting as it found it."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    from rlhf_lab.loading import load_model, load_texts, quiet_progress
+
+    data = tmp_path / "texts.jsonl"
+    data.write_text('{"text": "a fine film."}\n{"text": "a dull film."}\n')
+    assert hf_logging.is_progress_bar_enabled() and datasets.is_progress_bar_enabled()
+    load_model("tiny", device="cpu")
+    assert load_texts(str(data))["text"] == ["a fine film.", "a dull film."]
+    err = capsys.readouterr().err
+    assert "Loading weights" not in err and "Generating" not in err
+    assert hf_logging.is_progress_bar_enabled() and datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        with quiet_progress():
+            pass
+        assert not datasets.is_progress_bar_enabled()  # off before: still off
+    finally:
+        datasets.enable_progress_bars()
