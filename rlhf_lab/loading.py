@@ -14,15 +14,20 @@ import contextlib
 import json
 import os
 import socket
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-import datasets
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from .utils import DATA_DIR, REPO_DIR, LabError, pick_device
+
+if TYPE_CHECKING:
+    import datasets  # imported where data is loaded: it brings pandas and pyarrow (~80 MiB), which
+    # loading a model, or a PPO trainer given its prompts as a list, does not need
 
 TINY = "tiny"
 TINY_MODEL_DIR = DATA_DIR / "tiny-gpt2"
@@ -73,16 +78,18 @@ def quiet_progress():
     """No transformers / datasets progress bars inside: loading a local folder takes a blink, and a bar
     per load ("Loading weights", "Generating train split") only clutters a notebook. Hub downloads keep
     theirs. Restores whatever was set before."""
-    hf_was, ds_was = hf_logging.is_progress_bar_enabled(), datasets.is_progress_bar_enabled()
+    ds = sys.modules.get("datasets")  # only if imported: loading a model needs no datasets
+    hf_was, ds_was = hf_logging.is_progress_bar_enabled(), ds is not None and ds.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
+    if ds is not None:
+        ds.disable_progress_bars()
     try:
         yield
     finally:
         if hf_was:
             hf_logging.enable_progress_bar()
         if ds_was:
-            datasets.enable_progress_bars()
+            ds.enable_progress_bars()
 
 
 def _from_pretrained(loader, name: str, what: str, **kwargs):
@@ -156,6 +163,8 @@ def load_model(name: str | Path = TINY, device: str | torch.device | None = "aut
 
 def _load_local_dataset(path: Path, split: str) -> datasets.Dataset:
     """A data file (.jsonl, .json, .csv, .txt, .parquet) or a folder of them, or a save_to_disk folder."""
+    import datasets
+
     if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
         with quiet_progress():
             loaded = datasets.load_from_disk(str(path))
@@ -173,6 +182,8 @@ def _load_local_dataset(path: Path, split: str) -> datasets.Dataset:
 
 def _load_hub_dataset(name: str, split: str) -> datasets.Dataset:
     """datasets.load_dataset for a hub id, failing at once (not after a minute of retries) offline."""
+    import datasets
+
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     if not offline and not hub_reachable():
         raise LabError(f"Could not load the dataset {name!r}: it is not a local file or folder and the "
@@ -226,6 +237,8 @@ def load_prompts(name: str | Path = TINY, split: str = "train", limit: int | Non
                            "python -m rlhf_lab.corpus --seed 0 --out data")
         ds = _load_local_dataset(path, split).select_columns(["prompt"])
     else:
+        import datasets
+
         from .corpus import review_prompts
         texts = load_texts(name, split=split, limit=limit)["text"]
         ds = datasets.Dataset.from_dict({"prompt": review_prompts(texts, seed=seed, min_words=min_words,

@@ -32,8 +32,8 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
@@ -43,6 +43,9 @@ from .gold import gold_score
 from .loading import load_model, load_tokenizer
 from .ppo_math import last_token_index, pairwise_accuracy, pairwise_loss
 from .utils import LabError, config_to_dict, pick_device, set_seed
+
+if TYPE_CHECKING:
+    import datasets  # pairs arrive as a datasets.Dataset; the module itself needs no import (loading.py says why)
 
 ADAPTER_NAME = "reward"
 HEAD_FILE = "reward_head.safetensors"

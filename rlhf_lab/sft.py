@@ -22,8 +22,8 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -31,6 +31,9 @@ from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
 from .loading import load_model, load_tokenizer
+
+if TYPE_CHECKING:
+    import datasets  # imported where demonstrations are loaded (loading.py says why)
 from .utils import LabError, config_to_dict, pick_device, run_dir, save_config, set_seed
 
 IGNORE_INDEX = -100  # label of tokens the loss skips (prompt, padding): PyTorch's and HF's convention
@@ -312,6 +315,8 @@ def train_sft(cfg: SFTConfig, model=None, tokenizer=None, train=None, eval=None,
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
     train = train if train is not None else load_demonstrations(cfg.data, "train", limit=cfg.n_train)
     eval = eval if eval is not None else load_demonstrations(cfg.data, "validation", limit=cfg.n_eval)
+    import datasets
+
     if isinstance(train, datasets.Dataset) and cfg.n_train is not None:
         train = train.select(range(min(cfg.n_train, len(train))))
     if isinstance(eval, datasets.Dataset) and cfg.n_eval is not None:

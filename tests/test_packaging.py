@@ -52,3 +52,20 @@ def test_every_notebook_has_a_parameters_cell_with_fast_false():
         tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(tagged) == 1, f"{path.name}: exactly one cell tagged 'parameters'"
         assert re.search(r"^FAST = False", "".join(tagged[0]["source"]), re.M), path.name
+
+
+def test_model_and_ppo_modules_do_not_import_datasets():
+    """datasets brings pandas and pyarrow (~80 MiB of memory): loading a model, a reward model or a
+    PPO trainer given its prompts must not pay for it; loading data does."""
+    import subprocess
+    import sys
+
+    code = ("import sys, rlhf_lab.ppo, rlhf_lab.loading, rlhf_lab.reward_model, rlhf_lab.sft\n"
+            "from rlhf_lab.loading import load_model\n"
+            "load_model('tiny', device='cpu')\n"
+            "print('datasets' in sys.modules, 'pandas' in sys.modules)\n"
+            "from rlhf_lab.loading import load_prompts\n"
+            "print(len(load_prompts('tiny', 'validation')), 'datasets' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False", "256", "True"]
