@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from .config_args import add_config_args, config_from_args
-from .utils import LabError, config_to_dict, save_config, set_seed, short_path
+from .utils import (PRECISIONS, LabError, autocast_dtype, config_to_dict, pick_device, save_config, set_precision,
+                    set_seed, short_path)
 
 STAGES = ("sft", "rank", "rm", "ppo")
 DEFAULT_OUT = "runs/pipeline"
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=None, help="one seed for every stage (default: each config's)")
         p.add_argument("--device", default="auto", help='"auto" (CUDA, MPS, then CPU), "cpu", "cuda", ...')
         p.add_argument("--fast", action="store_true", help="a quick run with small settings (seconds to a minute a stage)")
+        p.add_argument("--precision", choices=PRECISIONS, default=None,
+                       help='forward passes: "auto" (bf16 autocast on a CUDA GPU that supports it, else fp32; '
+                       'the default, or RLHF_LAB_PRECISION), "bf16", "fp32"')
         p.add_argument("--resume", action="store_true", help="continue the run in --out: keep finished stages, "
                        "continue PPO from its last checkpoint")
         stages = STAGES if name == "run" else ({"label": ("rank",)}.get(name, (name,)))
@@ -298,7 +302,9 @@ def run_pipeline(args) -> dict:
     for name, cfg in configs.items():
         save_config(cfg, out / "configs" / f"{name}.json")
     start = time.time()
+    device = pick_device(args.device)
     summary = {"model": configs["sft"].model, "seed": seed, "fast": bool(args.fast),
+               "device": str(device), "precision": "bf16" if autocast_dtype(device) is not None else "fp32",
                "command": " ".join(["rlhf-lab"] + sys.argv[1:])}
     summary["sft"] = stage_sft(out, configs["sft"], args.resume)
     summary["rankings"] = stage_rank(out, args, seed)
@@ -324,6 +330,8 @@ def run_pipeline(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.precision is not None:
+            set_precision(args.precision)
         if args.command == "run":
             run_pipeline(args)
             return 0

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .utils import set_seed
+from .utils import autocast, set_seed
 
 
 @dataclass
@@ -59,12 +59,13 @@ def generate_tokens(model, tokenizer, prompts: list[str], max_new_tokens: int = 
     (Ziegler et al. 2019); whoever scores log-probs later must divide logits by the same temperature.
     """
     query, query_mask = encode_prompts(tokenizer, prompts, next(model.parameters()).device)  # (B, Tq)
-    out = model.generate(
-        input_ids=query, attention_mask=query_mask, max_new_tokens=max_new_tokens,
-        do_sample=not greedy, temperature=temperature if not greedy else None,
-        top_k=top_k if not greedy else None, top_p=top_p if not greedy else None,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
+    with autocast(query.device):  # bf16 on a GPU that has it (utils.autocast)
+        out = model.generate(
+            input_ids=query, attention_mask=query_mask, max_new_tokens=max_new_tokens,
+            do_sample=not greedy, temperature=temperature if not greedy else None,
+            top_k=top_k if not greedy else None, top_p=top_p if not greedy else None,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
     response = out[:, query.shape[1]:]                                   # (B, T)
     response_mask, ended = first_eos_mask(response, tokenizer.eos_token_id)
     response = torch.where(response_mask.bool(), response, torch.full_like(response, tokenizer.pad_token_id))

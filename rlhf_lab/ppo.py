@@ -68,7 +68,7 @@ from .ppo_math import (
     policy_loss,
     value_loss,
 )
-from .utils import LabError, config_to_dict, pick_device, save_config, set_seed
+from .utils import LabError, autocast, config_to_dict, pick_device, save_config, set_seed
 
 POLICY = "policy"  # the policy's adapter name on the shared trunk
 REWARD = "reward"  # the reward model's adapter name (reward_model.ADAPTER_NAME)
@@ -310,10 +310,11 @@ def forward_response(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     """
     lm = causal_lm(model)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, Tq + T) real tokens only
-    hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                           use_cache=False).last_hidden_state    # (B, Tq + T, C), after the final layer norm
-    hidden = hidden[:, query_length - 1:-1].contiguous()         # (B, T, C): position i predicts token i + 1
-    logits = lm.get_output_embeddings()(hidden)                  # (B, T, V)
+    with autocast(input_ids.device):  # bf16 on a GPU that has it; logprobs_from_logits upcasts
+        hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=False).last_hidden_state    # (B, Tq + T, C), after the final layer norm
+        hidden = hidden[:, query_length - 1:-1].contiguous()         # (B, T, C): position i predicts token i + 1
+        logits = lm.get_output_embeddings()(hidden)                  # (B, T, V)
     values = value_head(hidden.to(value_head.weight.dtype)).squeeze(-1) if value_head is not None else None  # (B, T)
     return logits, values
 
@@ -343,6 +344,11 @@ def sample_responses(model, tokenizer, prompts: list[str], max_new_tokens: int =
     return_logprobs: also return # (B, T) the log-probs of the sampled tokens under the distribution
     they were drawn from (0 after EOS), to check that PPO's recomputed log-probs agree.
     """
+    with autocast(next(model.parameters()).device):  # bf16 on a GPU that has it; sampling in fp32
+        return _sample_responses(model, tokenizer, prompts, max_new_tokens, temperature, return_logprobs)
+
+
+def _sample_responses(model, tokenizer, prompts, max_new_tokens, temperature, return_logprobs):
     lm = causal_lm(model)
     device = next(model.parameters()).device
     query, query_mask = encode_prompts(tokenizer, prompts, device)                       # (B, Tq)

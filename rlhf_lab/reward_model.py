@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from .gold import gold_score
 from .loading import load_model, load_tokenizer
 from .ppo_math import last_token_index, pairwise_accuracy, pairwise_loss
-from .utils import LabError, config_to_dict, pick_device, set_seed
+from .utils import LabError, autocast, config_to_dict, pick_device, set_seed
 
 if TYPE_CHECKING:
     import datasets  # pairs arrive as a datasets.Dataset; the module itself needs no import (loading.py says why)
@@ -201,7 +201,7 @@ class RewardModel(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Raw scores # (B,), read at the last real token of each row (left or right padding)."""
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)          # (B, T) count real tokens only
-        with using_adapter(self.peft_model, self.adapter_name):
+        with using_adapter(self.peft_model, self.adapter_name), autocast(input_ids.device):
             # the transformer body only: no (B, T, V) logits are needed
             hidden = self.peft_model.base_model.model.transformer(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,

@@ -34,7 +34,7 @@ from .loading import load_model, load_tokenizer
 
 if TYPE_CHECKING:
     import datasets  # imported where demonstrations are loaded (loading.py says why)
-from .utils import LabError, config_to_dict, pick_device, run_dir, save_config, set_seed
+from .utils import LabError, autocast, config_to_dict, pick_device, run_dir, save_config, set_seed
 
 IGNORE_INDEX = -100  # label of tokens the loss skips (prompt, padding): PyTorch's and HF's convention
 CONFIG_FILE = "sft_config.json"
@@ -158,8 +158,9 @@ def completion_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str =
 def forward_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """(B, T, V) logits of a collated batch, with its attention mask and position ids."""
     device = next(model.parameters()).device
-    out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                position_ids=batch["position_ids"].to(device))
+    with autocast(device):  # bf16 on a GPU that has it (utils.autocast); completion_loss upcasts
+        out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                    position_ids=batch["position_ids"].to(device))
     return out.logits
 
 

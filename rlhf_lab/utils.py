@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -54,6 +55,45 @@ def pick_device(device: str | torch.device | None = "auto") -> torch.device:
         raise LabError(f"device {str(device)!r} was asked for but CUDA is not available here; "
                        "use device='auto' or 'cpu'.")
     return device
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+_precision = {"value": os.environ.get("RLHF_LAB_PRECISION", "auto").strip().lower() or "auto"}
+
+
+def set_precision(value: str) -> None:
+    """How forward passes run: "auto" (bf16 autocast on a CUDA GPU that supports it, fp32 elsewhere),
+    "bf16" (bf16 autocast on CUDA or the CPU), "fp32" (never autocast). RLHF_LAB_PRECISION sets the
+    start value; `rlhf-lab --precision` sets it for a command."""
+    value = str(value).strip().lower()
+    if value not in PRECISIONS:
+        raise LabError(f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}.")
+    _precision["value"] = value
+
+
+def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
+    """torch.bfloat16 where forward passes on `device` run under autocast, None where they run in fp32."""
+    value, device = _precision["value"], torch.device(device)
+    if value not in PRECISIONS:
+        raise LabError(f"RLHF_LAB_PRECISION must be one of {', '.join(PRECISIONS)}, got {value!r}.")
+    if value == "fp32" or device.type not in ("cuda", "cpu"):
+        return None
+    if value == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16
+
+
+def autocast(device: str | torch.device):
+    """Context for a forward pass: bf16 autocast where autocast_dtype says so, else nothing.
+
+    Weights, gradients and optimizer states stay fp32 (mixed precision, as TRL and the Trainer do
+    with bf16=True); matmuls run in bf16; the stages upcast logits to fp32 before any log-softmax,
+    loss or log-prob (ppo_math), where bf16 would move the PPO ratio off 1.
+    """
+    dtype = autocast_dtype(device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def fast_mode(default: bool = False) -> bool:

@@ -6,6 +6,7 @@ test_ppo_math.py; here the loop around it is checked on a real model, a few epis
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -498,3 +499,31 @@ def test_figures_draw_a_history():
     runs = {"beta = 0.1": PPOResult(trainer=None, config=None, history=history, summary=summary,
                                     samples=[{"model": "ppo"}] * 4)}
     assert len(plot_kl_tradeoff(runs).axes) == 2
+
+
+@pytest.fixture
+def bf16():
+    """Forward passes under bf16 autocast (on the CPU here; "auto" picks it on a CUDA GPU with bf16)."""
+    from rlhf_lab.utils import _precision, set_precision
+
+    before = _precision["value"]
+    set_precision("bf16")
+    yield
+    set_precision(before)
+
+
+def test_bf16_autocast_keeps_the_first_step_invariants(tiny, prompts, reward_dir, bf16):
+    """Mixed precision as on a GPU: the trunk runs in bf16, weights and log-probs stay fp32, and PPO's
+    invariants still hold: policy == reference before training, ratio 1 on the first minibatch."""
+    trainer = make_trainer(tiny, prompts, reward_dir)
+    batch = trainer.rollout(trainer.batch_prompts(0))
+    logits, values = forward_response(trainer.model, batch.input_ids, batch.attention_mask, batch.query_length,
+                                      trainer.value_head)
+    assert logits.dtype == torch.bfloat16 and values.dtype == torch.float32
+    assert batch.logprobs.dtype == torch.float32 and torch.equal(batch.logprobs, batch.ref_logprobs)
+    assert all(p.dtype == torch.float32 for p in trainer.params)
+    metrics = trainer.step()
+    assert metrics["kl"] == 0.0
+    first = trainer.minibatch_stats[0]
+    assert abs(first["ratio_mean"] - 1.0) < 1e-6 and abs(first["ratio_max"] - 1.0) < 1e-6
+    assert all(math.isfinite(metrics[k]) for k in ("pg_loss", "vf_loss", "grad_norm", "entropy"))
