@@ -71,6 +71,17 @@ def set_precision(value: str) -> None:
     _precision["value"] = value
 
 
+@contextlib.contextmanager
+def precision(value: str):
+    """set_precision(value) inside the block, the setting before it restored after."""
+    before = _precision["value"]
+    set_precision(value)
+    try:
+        yield
+    finally:
+        _precision["value"] = before
+
+
 def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
     """torch.bfloat16 where forward passes on `device` run under autocast, None where they run in fp32."""
     value, device = _precision["value"], torch.device(device)

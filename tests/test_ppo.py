@@ -504,12 +504,10 @@ def test_figures_draw_a_history():
 @pytest.fixture
 def bf16():
     """Forward passes under bf16 autocast (on the CPU here; "auto" picks it on a CUDA GPU with bf16)."""
-    from rlhf_lab.utils import _precision, set_precision
+    from rlhf_lab.utils import precision
 
-    before = _precision["value"]
-    set_precision("bf16")
-    yield
-    set_precision(before)
+    with precision("bf16"):
+        yield
 
 
 def test_bf16_autocast_keeps_the_first_step_invariants(tiny, prompts, reward_dir, bf16):

@@ -324,17 +324,13 @@ def test_reward_model_pairs_holds_out_whole_prompts_and_caps_training_pairs():
 def test_bf16_autocast_scores_close_to_fp32_and_head_stays_fp32(trained):
     """Under bf16 autocast (a GPU's default here, forced on the CPU for the test) the trunk runs in
     bf16; the head reads an fp32 hidden state, and the scores stay close to fp32's."""
-    from rlhf_lab.utils import _precision, set_precision
+    from rlhf_lab.utils import precision
 
     rm = trained.reward_model
     prompts, responses = [s["prompt"] for s in SAMPLES], [s["completion"] for s in SAMPLES]
     fp32 = torch.tensor(rm.score_texts(prompts, responses, normalised=False))
-    before = _precision["value"]
-    set_precision("bf16")
-    try:
+    with precision("bf16"):
         bf16 = torch.tensor(rm.score_texts(prompts, responses, normalised=False))
-    finally:
-        set_precision(before)
     assert not torch.equal(bf16, fp32)  # autocast did run
     assert (bf16 - fp32).abs().max().item() < 0.05 * fp32.abs().max().item() + 0.05
     assert rm.head.weight.dtype == torch.float32

@@ -272,39 +272,33 @@ def test_bf16_autocast_logits_and_a_loss_close_to_fp32(tiny):
     """forward_logits runs under bf16 autocast when asked (a GPU's "auto"); completion_loss upcasts,
     so the loss stays within a percent of fp32's."""
     from rlhf_lab.sft import forward_logits
-    from rlhf_lab.utils import _precision, set_precision
+    from rlhf_lab.utils import precision
 
     model, tokenizer = tiny
     batch = collate([build_example(tokenizer, "The acting was", " superb and moving."),
                      build_example(tokenizer, "It was", " dull.")], tokenizer)
     fp32 = completion_loss(forward_logits(model, batch), batch["labels"])
-    before = _precision["value"]
-    set_precision("bf16")
-    try:
+    with precision("bf16"):
         logits = forward_logits(model, batch)
-    finally:
-        set_precision(before)
     assert logits.dtype == torch.bfloat16
     loss = completion_loss(logits, batch["labels"])
     assert loss.dtype == torch.float32 and abs(loss.item() - fp32.item()) < 0.01 * fp32.item()
 
 
-def test_precision_setting(monkeypatch):
-    from rlhf_lab.utils import LabError, _precision, autocast, autocast_dtype, set_precision
+def test_precision_setting():
+    from rlhf_lab.utils import LabError, autocast, autocast_dtype, precision
 
-    before = _precision["value"]
-    try:
-        set_precision("auto")
+    with precision("auto"):
         assert autocast_dtype("cpu") is None  # fp32 on the CPU unless asked
         with autocast("cpu"):
             assert not torch.is_autocast_enabled("cpu")
-        set_precision("bf16")
-        assert autocast_dtype("cpu") == torch.bfloat16
-        with autocast("cpu"):
-            assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        set_precision("fp32")
-        assert autocast_dtype("cpu") is None
+        with precision("bf16"):
+            assert autocast_dtype("cpu") == torch.bfloat16
+            with autocast("cpu"):
+                assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert autocast_dtype("cpu") is None  # restored
+        with precision("fp32"):
+            assert autocast_dtype("cpu") is None
         with pytest.raises(LabError, match="precision must be one of auto, bf16, fp32"):
-            set_precision("fp16")
-    finally:
-        set_precision(before)
+            with precision("fp16"):
+                pass
