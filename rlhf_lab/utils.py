@@ -90,7 +90,9 @@ def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
     if value == "fp32" or device.type not in ("cuda", "cpu"):
         return None
     if value == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+        # native bf16 only (Ampere and newer): older GPUs emulate it, slower than fp32
+        native = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native else None
     return torch.bfloat16
 
 

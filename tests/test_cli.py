@@ -42,6 +42,7 @@ def test_run_fast_writes_every_result(fast_run):
             value = value[part]
         assert isinstance(value, (int, float)) and math.isfinite(value), key
     assert summary["sft"]["eval_loss_after"] < summary["sft"]["eval_loss_before"]
+    assert summary["precision"] == "fp32" if summary["device"] == "cpu" else summary["precision"] in ("fp32", "bf16")
     for path in ["01_sft/adapter/adapter_config.json", "03_reward_model/reward_model/adapter_config.json",
                  "04_ppo/adapter_config.json", "04_ppo/metrics.jsonl", "plots/sft_loss.png",
                  "plots/reward_model_accuracy.png", "plots/ppo_training.png", "report.md", "samples.jsonl",
@@ -90,6 +91,9 @@ def test_bad_option_is_one_line():
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert "unrecognized arguments: --no-such-option" in done.stderr
+    done = rlhf_lab("sft", "--precision", "fp16")
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert "invalid choice: 'fp16'" in done.stderr
 
 
 def test_missing_files_are_one_line(tmp_path):
