@@ -156,12 +156,20 @@ def using_adapter(peft_model: PeftModel, adapter_name: str):
 
     peft's set_adapter also changes requires_grad (the new adapter trainable, the others frozen);
     that must not leak out of a reward call in the middle of a PPO step, so the flags are restored.
+    Called inside the caller's `disable_adapter()` (the reference pass, or sampling the SFT model on the
+    shared trunk), the adapter layers are switched back on for the block: the reward model always
+    scores with its own adapter, never with the bare trunk.
     """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     previous = peft_model.active_adapter
-    if previous == adapter_name:
+    disabled = any(m.disable_adapters for m in peft_model.modules() if isinstance(m, BaseTunerLayer))
+    if previous == adapter_name and not disabled:
         yield
         return
     flags = [(p, p.requires_grad) for p in peft_model.parameters()]
+    if disabled:
+        peft_model.base_model.enable_adapter_layers()
     peft_model.set_adapter(adapter_name)
     for p, flag in flags:
         p.requires_grad_(flag)
@@ -169,6 +177,8 @@ def using_adapter(peft_model: PeftModel, adapter_name: str):
         yield
     finally:
         peft_model.set_adapter(previous)
+        if disabled:
+            peft_model.base_model.disable_adapter_layers()
         for p, flag in flags:
             p.requires_grad_(flag)
 

@@ -525,3 +525,28 @@ def test_bf16_autocast_keeps_the_first_step_invariants(tiny, prompts, reward_dir
     first = trainer.minibatch_stats[0]
     assert abs(first["ratio_mean"] - 1.0) < 1e-6 and abs(first["ratio_max"] - 1.0) < 1e-6
     assert all(math.isfinite(metrics[k]) for k in ("pg_loss", "vf_loss", "grad_norm", "entropy"))
+
+
+def test_reward_scores_with_its_adapter_even_inside_disable_adapter(tiny, prompts, reward_dir):
+    """The SFT model is sampled on the shared trunk with every adapter off; a reward call made inside
+    that block must still run the reward adapter (sample_models scores the SFT rows there), and leave
+    the block as it found it: adapters off, the policy active, the same requires_grad flags."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    def adapters_off(model):
+        return all(m.disable_adapters for m in model.modules() if isinstance(m, BaseTunerLayer))
+
+    trainer = make_trainer(tiny, prompts, reward_dir)
+    rollout, completions = trainer.sample(prompts[:8], None)
+    outside = trainer.reward.score(prompts[:8], completions, rollout)
+    flags = [p.requires_grad for p in trainer.model.parameters()]
+    with use_adapter(trainer.model, None):
+        assert adapters_off(trainer.model)
+        inside = trainer.reward.score(prompts[:8], completions, rollout)
+        assert adapters_off(trainer.model)
+    assert torch.allclose(inside, outside, atol=1e-6)
+    assert not adapters_off(trainer.model) and trainer.model.active_adapter == POLICY
+    assert [p.requires_grad for p in trainer.model.parameters()] == flags
+    rows = sample_models({"sft": (trainer.model, None)}, prompts[:8], trainer.tokenizer, reward=trainer.reward,
+                         max_new_tokens=12)
+    assert len(rows) == 8 and len({round(r["reward"], 4) for r in rows}) > 1
