@@ -68,6 +68,7 @@ from .ppo_math import (
     policy_loss,
     value_loss,
 )
+from .reward_model import using_adapter
 from .utils import LabError, autocast, config_to_dict, pick_device, save_config, set_seed
 
 POLICY = "policy"  # the policy's adapter name on the shared trunk
@@ -270,26 +271,23 @@ def new_value_head(hidden_size: int) -> torch.nn.Linear:
 def use_adapter(model, adapter: str | None):
     """Run `model` with one adapter active (None: all adapters off, i.e. the reference), then restore.
 
-    peft's set_adapter makes the chosen adapter trainable and freezes the others, and leaving
-    disable_adapter() makes the active one trainable: neither may leak out of a scoring call in the
-    middle of a PPO step, so every requires_grad flag is put back as it was.
+    A named adapter goes through reward_model.using_adapter, the one place that switches adapters on
+    the shared trunk. peft's set_adapter makes the chosen adapter trainable and freezes the others, and
+    leaving disable_adapter() makes the active one trainable: neither may leak out of a scoring call in
+    the middle of a PPO step, so every requires_grad flag is put back as it was.
     """
-    if not isinstance(model, PeftModel) or (adapter is not None and adapter == model.active_adapter):
+    if not isinstance(model, PeftModel):
         yield model
         return
+    if adapter is not None:
+        with using_adapter(model, adapter):
+            yield model
+        return
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    if adapter is None:
-        context = model.disable_adapter()
-    else:
-        previous = model.active_adapter
-        model.set_adapter(adapter, inference_mode=True)
-        context = nullcontext()
     try:
-        with context:
+        with model.disable_adapter():
             yield model
     finally:
-        if adapter is not None:
-            model.set_adapter(previous, inference_mode=True)
         for p, flag in flags:
             p.requires_grad_(flag)
 

@@ -65,10 +65,15 @@ def set_precision(value: str) -> None:
     """How forward passes run: "auto" (bf16 autocast on a CUDA GPU that supports it, fp32 elsewhere),
     "bf16" (bf16 autocast on CUDA or the CPU), "fp32" (never autocast). RLHF_LAB_PRECISION sets the
     start value; `rlhf-lab --precision` sets it for a command."""
+    _precision["value"] = _checked_precision(value)
+
+
+def _checked_precision(value: str) -> str:
     value = str(value).strip().lower()
     if value not in PRECISIONS:
-        raise LabError(f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}.")
-    _precision["value"] = value
+        raise LabError(f"precision must be one of {', '.join(PRECISIONS)} (set_precision, --precision or "
+                       f"RLHF_LAB_PRECISION), got {value!r}.")
+    return value
 
 
 @contextlib.contextmanager
@@ -84,9 +89,7 @@ def precision(value: str):
 
 def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
     """torch.bfloat16 where forward passes on `device` run under autocast, None where they run in fp32."""
-    value, device = _precision["value"], torch.device(device)
-    if value not in PRECISIONS:
-        raise LabError(f"RLHF_LAB_PRECISION must be one of {', '.join(PRECISIONS)}, got {value!r}.")
+    value, device = _checked_precision(_precision["value"]), torch.device(device)
     if value == "fp32" or device.type not in ("cuda", "cpu"):
         return None
     if value == "auto":
