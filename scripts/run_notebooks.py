@@ -3,7 +3,8 @@
     python scripts/run_notebooks.py notebooks/00_welcome.ipynb [more.ipynb ...] [--fast]
 
 Without --fast this is the full (not FAST) run a reader should see. It refuses to save a notebook
-whose run raised an error: a learner must never open a notebook on a traceback.
+whose run raised an error: a learner must never open a notebook on a traceback. The figures the
+notebook recorded (rlhf_lab.figures.record) are saved in its metadata["rlhf_lab"]["figures"].
 """
 
 import argparse
@@ -15,6 +16,8 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
+
+from rlhf_lab import figures
 
 
 def main() -> int:
@@ -36,7 +39,9 @@ def main() -> int:
             print(f"{path}: a cell failed; the notebook was NOT saved.\n{err}", file=sys.stderr)
             return 1
         seconds = time.time() - start
-        nb.metadata.setdefault("rlhf_lab", {})["last_run"] = {"fast": args.fast, "seconds": round(seconds, 1)}
+        meta = nb.metadata.setdefault("rlhf_lab", {})
+        meta["last_run"] = {"fast": args.fast, "seconds": round(seconds, 1)}
+        meta["figures"] = figures.collect(nb)
         nbformat.write(nb, path)
         print(f"{path}: ran in {seconds:.0f} s ({'FAST' if args.fast else 'full'} mode), saved with outputs")
     return 0
