@@ -50,3 +50,30 @@ def score_histograms(groups: dict[str, list[float]], xlabel: str = "gold score",
     ax.legend(fontsize=9)
     fig.tight_layout()
     return fig
+
+
+class LiveFigure:
+    """A figure redrawn in place under a notebook cell, through an IPython display handle: the plot
+    moves while a run trains, and the saved notebook keeps the last frame. Outside IPython, nothing."""
+
+    def __init__(self, nrows: int = 1, ncols: int = 1, figsize=(7.5, 4)):
+        self.shape, self.figsize = (nrows, ncols), figsize
+        self.fig, self.handle = None, None
+
+    def draw(self, draw) -> None:
+        """Call draw(fig) on the figure, then show it (the first time) or update it in place."""
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:
+            return
+        if get_ipython() is None:
+            return
+        if self.fig is None:
+            self.fig, _ = plt.subplots(*self.shape, figsize=self.figsize)
+            plt.close(self.fig)  # shown through the handle only, not again at the end of the cell
+        draw(self.fig)
+        if self.handle is None:
+            self.handle = display(self.fig, display_id=True)
+        else:
+            self.handle.update(self.fig)

@@ -906,50 +906,64 @@ def _rng_kept():
 
 
 @torch.no_grad()
+def evaluate_adapter(trainer: PPOTrainer, prompts: list[str], adapter: str | None = POLICY, seed: int = 0,
+                     name: str = "ppo") -> tuple[dict, list[dict]]:
+    """Sample one model on the shared trunk (adapter None: the SFT model) on `prompts`, seeded, and
+    score the samples: gold, the reward (normalised as PPO sees it) and the KL to the SFT model
+    (nats per response, summed over tokens, k1).
+
+    Returns (summary, samples): mean and std of gold, mean reward, mean KL, EOS share and length,
+    the keys suffixed with `_{name}`; and one dict per sample. The training RNG is left as it was.
+    """
+    cfg = trainer.cfg
+    gold, score, kl, ended, length, samples = [], [], [], [], [], []
+    with _rng_kept():
+        torch.manual_seed(seed)
+        for start in range(0, len(prompts), cfg.batch_size):
+            chunk = list(prompts[start:start + cfg.batch_size])
+            rollout, completions = trainer.sample(chunk, adapter)
+            Tq = rollout.query.shape[1]
+            input_ids = torch.cat([rollout.query, rollout.response], 1)              # (B, Tq + T)
+            attention_mask = torch.cat([rollout.query_mask, rollout.response_mask], 1)
+            with use_adapter(trainer.model, adapter):
+                logits, _ = forward_response(trainer.model, input_ids, attention_mask, Tq)
+            with use_adapter(trainer.model, None):
+                ref_logits, _ = forward_response(trainer.model, input_ids, attention_mask, Tq)
+            logprobs = logprobs_from_logits(logits, rollout.response, cfg.temperature)
+            ref_logprobs = logprobs_from_logits(ref_logits, rollout.response, cfg.temperature)
+            seq_kl = torch.where(rollout.response_mask.bool(), kl_estimate(logprobs, ref_logprobs),
+                                 torch.zeros_like(logprobs)).sum(1)               # (B,)
+            raw = trainer.reward.score(chunk, completions, rollout).float().cpu()
+            normalised = (trainer.score_gain * raw + trainer.score_bias).tolist()
+            g = gold_scores([p + c for p, c in zip(chunk, completions)])
+            for i, prompt in enumerate(chunk):
+                samples.append({"model": name, "prompt": prompt, "completion": completions[i],
+                                "gold": g[i], "reward": normalised[i], "ended": bool(rollout.ended[i]),
+                                "kl": seq_kl[i].item()})
+            gold += g
+            score += normalised
+            kl += seq_kl.tolist()
+            ended += rollout.ended.tolist()
+            length += rollout.response_mask.sum(1).tolist()
+    summary = {f"gold_score_{name}": float(np.mean(gold)), f"gold_std_{name}": float(np.std(gold, ddof=1)),
+               f"reward_score_{name}": float(np.mean(score)), f"kl_{name}": float(np.mean(kl)),
+               f"eos_share_{name}": float(np.mean(ended)), f"response_length_{name}": float(np.mean(length))}
+    return summary, samples
+
+
+@torch.no_grad()
 def evaluate_policy(trainer: PPOTrainer, prompts: list[str], seed: int = 0) -> tuple[dict, list[dict]]:
     """Sample the SFT model (the reference) and the PPO policy on the same prompts with the same seed.
 
-    Returns (summary, samples): mean and std of gold and reward scores for each, the PPO samples' KL to
-    the SFT model (nats per response, summed over tokens, k1), EOS share and length; and one dict per
-    sample. The training RNG is left as it was.
+    Returns (summary, samples): evaluate_adapter's figures for each ("_sft", "_ppo"), "kl" = the PPO
+    samples' KL to the SFT model (nats per response), and the gold gain in SFT standard deviations.
     """
-    cfg, summary, samples = trainer.cfg, {}, []
-    for name, adapter in (("sft", None), ("ppo", POLICY)):
-        gold, score, kl, ended, length = [], [], [], [], []
-        with _rng_kept():
-            torch.manual_seed(seed)
-            for start in range(0, len(prompts), cfg.batch_size):
-                chunk = list(prompts[start:start + cfg.batch_size])
-                rollout, completions = trainer.sample(chunk, adapter)
-                Tq = rollout.query.shape[1]
-                input_ids = torch.cat([rollout.query, rollout.response], 1)              # (B, Tq + T)
-                attention_mask = torch.cat([rollout.query_mask, rollout.response_mask], 1)
-                logits, _ = forward_response(trainer.model, input_ids, attention_mask, Tq)  # policy
-                with use_adapter(trainer.model, None):
-                    ref_logits, _ = forward_response(trainer.model, input_ids, attention_mask, Tq)
-                logprobs = logprobs_from_logits(logits, rollout.response, cfg.temperature)
-                ref_logprobs = logprobs_from_logits(ref_logits, rollout.response, cfg.temperature)
-                seq_kl = torch.where(rollout.response_mask.bool(), kl_estimate(logprobs, ref_logprobs),
-                                     torch.zeros_like(logprobs)).sum(1)               # (B,)
-                raw = trainer.reward.score(chunk, completions, rollout).float().cpu()
-                normalised = (trainer.score_gain * raw + trainer.score_bias).tolist()
-                g = gold_scores([p + c for p, c in zip(chunk, completions)])
-                for i, prompt in enumerate(chunk):
-                    samples.append({"model": name, "prompt": prompt, "completion": completions[i],
-                                    "gold": g[i], "reward": normalised[i], "ended": bool(rollout.ended[i]),
-                                    "kl": seq_kl[i].item()})
-                gold += g
-                score += normalised
-                kl += seq_kl.tolist()
-                ended += rollout.ended.tolist()
-                length += rollout.response_mask.sum(1).tolist()
-        summary |= {f"gold_score_{name}": float(np.mean(gold)), f"gold_std_{name}": float(np.std(gold, ddof=1)),
-                    f"reward_score_{name}": float(np.mean(score)), f"eos_share_{name}": float(np.mean(ended)),
-                    f"response_length_{name}": float(np.mean(length))}
-        if name == "ppo":
-            summary["kl"] = float(np.mean(kl))  # KL(PPO || SFT), nats per response
+    sft, sft_samples = evaluate_adapter(trainer, prompts, None, seed, name="sft")
+    ppo, ppo_samples = evaluate_adapter(trainer, prompts, POLICY, seed, name="ppo")
+    summary = {k: v for k, v in sft.items() if k != "kl_sft"} | {k: v for k, v in ppo.items() if k != "kl_ppo"}
+    summary["kl"] = ppo["kl_ppo"]  # KL(PPO || SFT), nats per response
     summary["gold_gain_in_sft_std"] = (summary["gold_score_ppo"] - summary["gold_score_sft"]) / summary["gold_std_sft"]
-    return summary, samples
+    return summary, sft_samples + ppo_samples
 
 
 @torch.no_grad()
@@ -1041,36 +1055,20 @@ def plot_history(history: list[dict], kl_target: float | None = None, fig=None):
 
 
 class LivePlot:
-    """A callback for PPOTrainer.train / train_ppo: redraws plot_history in place, in a notebook.
-
-    Uses an IPython display handle, so the figure updates under the cell while PPO trains (and the
-    saved notebook keeps the last frame). Outside IPython it does nothing.
-    """
+    """A callback for PPOTrainer.train / train_ppo: redraws plot_history in place, in a notebook
+    (plotting.LiveFigure), so the figure updates under the cell while PPO trains and the saved
+    notebook keeps the last frame. Outside IPython it does nothing."""
 
     def __init__(self, every: int = 1, kl_target: float | None = None):
+        from .plotting import LiveFigure
+
         self.every, self.kl_target = every, kl_target
-        self.fig, self.handle = None, None
+        self.live = LiveFigure(1, 3, figsize=(12, 3.3))
 
     def __call__(self, metrics: dict, trainer: PPOTrainer) -> None:
         if metrics["step"] % self.every and trainer.step_count < trainer.cfg.steps:
             return
-        try:
-            from IPython import get_ipython
-            from IPython.display import display
-        except ImportError:
-            return
-        if get_ipython() is None:
-            return
-        import matplotlib.pyplot as plt
-
-        if self.fig is None:
-            self.fig, _ = plt.subplots(1, 3, figsize=(12, 3.3))
-            plt.close(self.fig)  # shown through the handle only, not again at the end of the cell
-        plot_history(trainer.history, self.kl_target, fig=self.fig)
-        if self.handle is None:
-            self.handle = display(self.fig, display_id=True)
-        else:
-            self.handle.update(self.fig)
+        self.live.draw(lambda fig: plot_history(trainer.history, self.kl_target, fig=fig))
 
 
 def plot_kl_tradeoff(runs: dict[str, PPOResult]):
