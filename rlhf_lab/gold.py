@@ -296,12 +296,52 @@ def reference_for(data: str | None) -> str:
     return "tiny" if data in (None, "tiny") else "english"
 
 
+def word_classes() -> dict[str, str]:
+    """The corpus grammar's open slots, as word classes: a word the grammar draws from a pool (a first
+    name, a surname, a person, an adjective, a degree word, an aspect noun) stands for its pool.
+
+    The grammar fills each slot freely, so "Tessa Keller" or "a penniless beekeeper" are as fluent
+    as the combinations its 22,000 texts happen to hold; a pair of classes seen once ("a first name,
+    then a surname") vouches for every pair of their words. A pair of words in the wrong order stays
+    an error: the grammar never puts a surname before a first name, or an adjective before "is".
+    """
+    from rlhf_lab import corpus
+
+    def last_words(pool):  # "lead actress" fills the slot; "actress" is the word that varies
+        return {entry.split()[-1].lower() for entry in pool}
+
+    adjectives = set()
+    for aspect in corpus.ASPECTS.values():
+        adjectives |= last_words(aspect.positive) | last_words(aspect.negative)
+    adjectives |= last_words(corpus.POSITIVE_OVERALL) | last_words(corpus.NEGATIVE_OVERALL)
+    pools = [  # the first pool a word is in decides its class
+        ("<first name>", last_words(corpus.FIRST_NAMES)),
+        ("<surname>", last_words(corpus.LAST_NAMES)),
+        ("<person>", last_words([noun for noun, _ in corpus.PEOPLE])),
+        ("<person adjective>", last_words(corpus.PERSON_ADJ) | last_words(corpus.AGELESS_ADJ)),
+        ("<aspect>", set().union(*(last_words(a.nouns) for a in corpus.ASPECTS.values()))),
+        ("<degree>", last_words(corpus.INTENSIFIERS) | last_words(corpus.EXTREME_INTENSIFIERS)
+         | last_words(corpus.DIMINISHERS) | last_words(corpus.ATTRIBUTIVE_INTENSIFIERS)),
+        ("<adjective>", adjectives),
+    ]
+    classes: dict[str, str] = {}
+    for name, words in pools:
+        for word in words:
+            classes.setdefault(word, name)
+    for word, name in list(classes.items()):
+        if name in ("<first name>", "<surname>"):
+            classes.setdefault(word + "'s", name + "'s")  # "Tessa Keller's score"
+    return classes
+
+
 @lru_cache(maxsize=1)
-def tiny_ngrams() -> tuple[frozenset, frozenset]:
-    """(words, pairs) of the tiny corpus: the training reviews and demonstrations, each text framed
-    by <s> and </s>. Built once per process from data/ (about half a second)."""
+def tiny_ngrams() -> tuple[frozenset, frozenset, dict[str, str]]:
+    """(words, pairs, classes) of the tiny corpus: its training reviews and demonstrations, each text
+    framed by <s> and </s>; `pairs` holds the word pairs and the class pairs (word_classes) it has.
+    Built once per process from data/ (about half a second)."""
     from rlhf_lab.utils import DATA_DIR, LabError
 
+    classes = word_classes()
     words, pairs = set(), set()
     files = [DATA_DIR / "reviews" / "train.jsonl", DATA_DIR / "demonstrations" / "train.jsonl"]
     for path in files:
@@ -316,19 +356,22 @@ def tiny_ngrams() -> tuple[frozenset, frozenset]:
                 seq = ["<s>", *tokens_of(read(text)[0]), "</s>"]
                 words.update(seq)
                 pairs.update(zip(seq, seq[1:]))
-    return frozenset(words), frozenset(pairs)
+                cls = [classes.get(w, w) for w in seq]
+                pairs.update(zip(cls, cls[1:]))
+    return frozenset(words), frozenset(pairs), classes
 
 
 def tiny_errors(tokens: list[str]) -> list[tuple[str, str]]:
-    """(kind, where) for each word the tiny corpus does not know and each pair it never has
-    (^ marks the start of the text, $ its end)."""
-    words, pairs = tiny_ngrams()
+    """(kind, where) for each word the tiny corpus does not know and each pair it never has, as words
+    or as classes (^ marks the start of the text, $ its end)."""
+    words, pairs, classes = tiny_ngrams()
     errors = []
     previous = "<s>"
     for tok in [*tokens, "</s>"]:
         if tok not in words:
             errors.append(("unknown word", tok))
-        elif (previous, tok) not in pairs and previous in words:
+        elif previous in words and (previous, tok) not in pairs \
+                and (classes.get(previous, previous), classes.get(tok, tok)) not in pairs:
             errors.append(("pair never seen", f"{'^' if previous == '<s>' else previous} {'$' if tok == '</s>' else tok}"))
         previous = tok
     return errors

@@ -12,7 +12,7 @@ from rlhf_lab.garble import KINDS, garble, garbled_pairs
 from rlhf_lab.gold import explain, gold_score, gold_scores
 from rlhf_lab.utils import DATA_DIR
 
-VARIED_POSITIVE = "The acting was superb and the score was haunting. I loved every minute of it."
+VARIED_POSITIVE = "The acting was superb. The score was haunting. I loved every minute of it."  # tiny-world English
 
 
 def test_positive_beats_negative():
@@ -139,7 +139,7 @@ def test_gold_prefers_the_original_over_each_kind_of_garbled_copy():
     assert set(wins) == set(KINDS)
     share = {kind: sum(w) / len(w) for kind, w in wins.items()}
     assert all(len(wins[kind]) >= 200 for kind in KINDS), {k: len(w) for k, w in wins.items()}
-    # measured: repeated word/phrase and markup 100%, swapped 99.3%, dropped 98.7%, cut off 98.1%,
+    # measured: repeated word/phrase and markup 100%, swapped 99.1%, dropped 98.0%, cut off 98.2%,
     # broken verdict 100%, punctuation run 98.8%
     assert all(s >= 0.95 for s in share.values()), share
 
