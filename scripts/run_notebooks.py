@@ -8,6 +8,7 @@ notebook recorded (rlhf_lab.figures.record) are saved in its metadata["rlhf_lab"
 """
 
 import argparse
+import html
 import os
 import sys
 import time
@@ -18,6 +19,34 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from rlhf_lab import figures
+
+
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def final_progress_text(nb) -> int:
+    """A tqdm bar in a notebook is a widget whose plain-text copy is frozen at its first frame
+    ("SFT:   0%|"); the widget state saved with the notebook holds its last. Rewrite the plain text
+    from that state ("SFT: 100%|##########| 250/250 [00:27<00:00, ...]"), so a reader, a diff and
+    GitHub's viewer see where the bar ended. Returns how many bars were rewritten."""
+    state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    rewritten = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            view = output.get("data", {}).get(WIDGET_VIEW)
+            model = state.get(view["model_id"]) if view else None
+            if not model or model.get("model_name") != "HBoxModel":
+                continue
+            parts = [state.get(c.replace("IPY_MODEL_", ""), {}) for c in model["state"].get("children", [])]
+            if len(parts) != 3 or "Progress" not in parts[1].get("model_name", ""):
+                continue
+            left, bar, right = (html.unescape(str(p["state"].get("value", ""))).replace("\u2007", " ") for p in parts)
+            done = parts[1]["state"].get("value", 0) / (parts[1]["state"].get("max") or 1)
+            bar = "#" * round(10 * done) + " " * (10 - round(10 * done))
+            output["data"]["text/plain"] = f"{left}|{bar}|{right}"
+            rewritten += 1
+    return rewritten
 
 
 def main() -> int:
@@ -39,6 +68,7 @@ def main() -> int:
             print(f"{path}: a cell failed; the notebook was NOT saved.\n{err}", file=sys.stderr)
             return 1
         seconds = time.time() - start
+        final_progress_text(nb)
         meta = nb.metadata.setdefault("rlhf_lab", {})
         meta["last_run"] = {"fast": args.fast, "seconds": round(seconds, 1)}
         meta["figures"] = figures.collect(nb)
