@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from rlhf_lab import figures
+
 ROOT = Path(__file__).resolve().parents[1]
 # The learners' exercise notebooks (notebooks/exercises/*.ipynb) hold unfilled holes and are not run;
 # their solution versions (notebooks/exercises/solutions/) are. tests/test_exercises.py checks that the
@@ -33,3 +35,6 @@ def test_notebook_runs_in_fast_mode(path, tmp_path, monkeypatch):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors
+    # the figures the committed (full) run recorded are recorded in FAST mode too
+    committed = figures.of_notebook(path)
+    assert set(figures.collect(nb)) >= set(committed), set(committed) - set(figures.collect(nb))
