@@ -36,15 +36,17 @@ All the math is in ppo_math.py (pure functions, tested on hand-made tensors); th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
 import shutil
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Annotated, Callable, Protocol
 
 import numpy as np
 import torch
@@ -52,6 +54,8 @@ from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .config_args import (Count, Device, Finite, Fraction, NonNegative, OneOf, Positive, Range, Seed,
+                          check_config)
 from .generation import Rollout, decode_responses, encode_prompts, first_eos_mask
 from .gold import gold_scores
 from .ppo_math import (
@@ -69,7 +73,7 @@ from .ppo_math import (
     value_loss,
 )
 from .reward_model import using_adapter
-from .utils import LabError, autocast, config_to_dict, pick_device, save_config, set_seed
+from .utils import ConfigError, LabError, autocast, config_to_dict, pick_device, save_config, set_seed
 
 POLICY = "policy"  # the policy's adapter name on the shared trunk
 REWARD = "reward"  # the reward model's adapter name (reward_model.ADAPTER_NAME)
@@ -91,54 +95,79 @@ class PPOConfig:
     # models and data
     model: str = "tiny"  # the pretrained model under the SFT adapter (the "base" of comparisons)
     sft: str | None = None  # SFT adapter folder, merged into the trunk; None: pipeline.ensure_sft()
-    reward: str = "rm"  # "rm": the stage-2 reward model; "gold": the gold labeler itself (to tune
-    # PPO, and to tell reward-model errors from PPO errors)
+    reward: Annotated[str, OneOf("rm", "gold")] = "rm"  # "rm": the stage-2 reward model; "gold": the gold
+    # labeler itself (to tune PPO, and to tell reward-model errors from PPO errors)
     reward_model: str | None = None  # reward-model folder; None: pipeline.ensure_reward_model()
     prompts: str = "tiny"  # the observations: loading.load_prompts(prompts, "train"); eval on "validation"
     # rollouts
-    steps: int = 40  # PPO updates: 40 x 64 = 2,560 episodes; the gold score has flattened by then
-    batch_size: int = 64  # episodes per update (TRL's sentiment notebook: 128); 64 keeps steps short on a CPU
-    max_new_tokens: int = 48  # the SFT model's reviews end after ~30 tokens; 48 leaves room to finish
-    temperature: float = 1.0  # sampling temperature; log-probs divide the logits by it too (N details)
-    no_eos_score: float | None = -1.0  # normalised score of a response that never reaches EOS (Ziegler
+    steps: Count = 40  # PPO updates: 40 x 64 = 2,560 episodes; the gold score has flattened by then
+    batch_size: Count = 64  # episodes per update (TRL's sentiment notebook: 128); 64 keeps steps short on a CPU
+    max_new_tokens: Count = 48  # the SFT model's reviews end after ~30 tokens; 48 leaves room to finish
+    temperature: Positive = 1.0  # sampling temperature; log-probs divide the logits by it too (N details)
+    no_eos_score: Finite | None = -1.0  # normalised score of a response that never reaches EOS (Ziegler
     # et al. used -1: a fixed low score, so the policy cannot please the reward model by never stopping)
     normalize_scores: bool = True  # scores of the initial policy's samples: mean 0, std 1 (Ziegler et al.
     # 2019); the stage-2 RM is normalised on SFT samples already, other rewards get a gain and bias here
-    norm_episodes: int = 256  # samples of the initial policy that fit that gain and bias (when needed)
+    norm_episodes: Annotated[int, Range(2)] = 256  # samples of the initial policy that fit that gain and bias
     # the KL penalty
-    kl_coef: float = 0.15  # beta at the start (Ziegler et al. 2019's stylistic tasks)
+    kl_coef: NonNegative = 0.15  # beta at the start (Ziegler et al. 2019's stylistic tasks)
     adaptive_kl: bool = True  # move beta towards kl_target (Ziegler et al. 2019, 2.2); False: beta fixed
-    kl_target: float = 4.0  # nats per response the controller aims at: Ziegler et al. used 6; here the gold
+    kl_target: Positive = 4.0  # nats per response the controller aims at: Ziegler et al. used 6; here the gold
     # score gains little beyond ~4 nats, and held-out KL runs up to ~1.5 nats above the batch KL (a heavy
     # tail), so 4 keeps runs under the lab's bar of 6 nats
-    kl_horizon: int = 256  # episodes over which a 20% error moves beta by 20%: Ziegler et al. used 10,000
+    kl_horizon: Count = 256  # episodes over which a 20% error moves beta by 20%: Ziegler et al. used 10,000
     # for runs of ~1M episodes; ours have ~2,500, so beta must follow the KL within a few updates
-    kl_kind: str = "k1"  # per-token estimator in the reward: k1 = log pi - log pi_ref (Ziegler et al.)
+    kl_kind: Annotated[str, OneOf("k1", "k2", "k3")] = "k1"  # per-token KL estimator in the reward: k1 =
+    # log pi - log pi_ref (Ziegler et al.); k2, k3: http://joschu.net/blog/kl-approx.html
+    kl_bound: Positive | None = None  # nats per response; a batch past it warns (None: 3 x kl_target)
+    # the adaptive controller holds the KL near its target, so 3x means PPO is running away from the SFT model
+    stop_at_kl_bound: bool = False  # stop the run at kl_bound instead of warning (a fixed beta = 0 may
+    # drift far on purpose, a lesson in itself, so the default only warns)
     # PPO
-    ppo_epochs: int = 4  # passes over each batch (Ziegler et al. 2019; N details)
-    minibatch_size: int = 32  # episodes per gradient step: 2 minibatches x 4 epochs = 8 steps per update
-    micro_batch_size: int | None = None  # episodes per forward/backward pass inside a minibatch (gradient
+    ppo_epochs: Count = 4  # passes over each batch (Ziegler et al. 2019; N details)
+    minibatch_size: Count = 32  # episodes per gradient step: 2 minibatches x 4 epochs = 8 steps per update
+    micro_batch_size: Count | None = None  # episodes per forward/backward pass inside a minibatch (gradient
     # accumulation, the same update): less activation memory; None: the whole minibatch in one pass
-    clip_range: float = 0.2  # PPO's epsilon for the policy ratio (Schulman et al. 2017; N details)
-    clip_range_value: float = 0.2  # how far a value may move from its rollout value (N details)
-    vf_coef: float = 0.1  # weight of the value loss; small, as value and policy share the trunk (N details)
-    gamma: float = 1.0  # no discounting within a response (Ziegler et al. 2019)
-    lam: float = 0.95  # GAE lambda (Ziegler et al. 2019; N details)
+    clip_range: Positive = 0.2  # PPO's epsilon for the policy ratio (Schulman et al. 2017; N details)
+    clip_range_value: Positive = 0.2  # how far a value may move from its rollout value (N details)
+    vf_coef: NonNegative = 0.1  # weight of the value loss; small, as value and policy share the trunk (N
+    # details)
+    gamma: Fraction = 1.0  # no discounting within a response (Ziegler et al. 2019)
+    lam: Fraction = 0.95  # GAE lambda (Ziegler et al. 2019; N details)
     whiten_advantages: bool = True  # zero mean, unit variance per batch (N details)
-    lr: float = 1e-3  # Adam on LoRA and the value head; LoRA takes larger steps than full fine-tuning
-    adam_eps: float = 1e-5  # CleanRL's and lm-human-preferences' Adam epsilon
-    max_grad_norm: float = 1.0  # clip the global gradient norm (N details: 1.0 in TRL's PPO)
+    lr: Positive = 1e-3  # Adam on LoRA and the value head; LoRA takes larger steps than full fine-tuning
+    adam_eps: Positive = 1e-5  # CleanRL's and lm-human-preferences' Adam epsilon
+    max_grad_norm: Positive = 1.0  # clip the global gradient norm (N details: 1.0 in TRL's PPO)
     # the policy's LoRA (Hu et al. 2021)
-    r: int = 8  # LoRA rank, as for SFT and the reward model
-    lora_alpha: float = 16.0  # update scale alpha / r = 2, as for SFT
+    r: Count = 8  # LoRA rank, as for SFT and the reward model
+    lora_alpha: Positive = 16.0  # update scale alpha / r = 2, as for SFT
     target_modules: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")  # GPT-2's Conv1D layers
     fused_gelu: bool = True  # run GPT-2's gelu_new as torch's one fused op (the same function to ~1e-6):
     # the Python formula keeps several intermediate tensors per MLP for the backward pass, the fused op one
     # bookkeeping
-    seed: int = 0  # LoRA init, prompt order, sampling: same seed, same run
-    checkpoint_every: int = 10  # steps between checkpoints (resume=True continues from the last one)
-    eval_prompts: int = 256  # held-out prompts sampled by SFT and PPO for the final comparison
-    device: str = "auto"  # CUDA, then MPS, then CPU
+    seed: Seed = 0  # LoRA init, prompt order, sampling: same seed, same run
+    checkpoint_every: Count = 10  # steps between checkpoints (resume=True continues from the last one)
+    eval_prompts: Annotated[int, Range(2)] = 256  # held-out prompts sampled by SFT and PPO to compare them
+    device: Device = "auto"  # CUDA, then MPS, then CPU
+
+    def __post_init__(self):
+        check_config(self)  # each field within its range (PPOConfig(steps=0) is refused), then check()
+
+    def check(self) -> None:
+        """The rules between fields."""
+        if self.batch_size % self.minibatch_size:
+            raise ConfigError(f"batch_size={self.batch_size} is not a multiple of minibatch_size="
+                              f"{self.minibatch_size}; choose sizes that divide (e.g. 64 and 32).", "PPOConfig",
+                              ("batch_size", "minibatch_size"))
+        if self.micro_batch_size is not None and self.micro_batch_size > self.minibatch_size:
+            raise ConfigError(f"micro_batch_size={self.micro_batch_size} must lie between 1 and minibatch_size="
+                              f"{self.minibatch_size} (None: the whole minibatch in one pass).", "PPOConfig",
+                              ("micro_batch_size", "minibatch_size"))
+
+    @property
+    def kl_bound_value(self) -> float:
+        """The KL (nats per response) past which a batch warns or stops the run."""
+        return self.kl_bound if self.kl_bound is not None else 3.0 * self.kl_target
 
 
 def ppo_config(fast: bool = False, **overrides) -> PPOConfig:
@@ -147,11 +176,10 @@ def ppo_config(fast: bool = False, **overrides) -> PPOConfig:
     cfg = PPOConfig(steps=12, batch_size=32, minibatch_size=16, eval_prompts=128, norm_episodes=128,
                     checkpoint_every=4) if fast else PPOConfig()
     names = {f.name for f in fields(PPOConfig)}
-    for key, value in overrides.items():
+    for key in overrides:
         if key not in names:
             raise LabError(f"PPOConfig has no field {key!r}; the fields are {sorted(names)}.")
-        setattr(cfg, key, value)
-    return cfg
+    return dataclasses.replace(cfg, **overrides)  # checked again, with the overrides
 
 
 # -----------------------------------------------------------------------------
@@ -437,12 +465,7 @@ class PPOTrainer:
         if not isinstance(model, PeftModel) or POLICY not in model.peft_config:
             raise LabError(f"PPOTrainer needs a PeftModel with the adapter {POLICY!r}: wrap the SFT trunk "
                            "with add_policy_adapter(trunk, cfg) first.")
-        if cfg.batch_size % cfg.minibatch_size:
-            raise LabError(f"batch_size={cfg.batch_size} is not a multiple of minibatch_size="
-                           f"{cfg.minibatch_size}; choose sizes that divide (e.g. 64 and 32).")
-        if cfg.micro_batch_size is not None and not 0 < cfg.micro_batch_size <= cfg.minibatch_size:
-            raise LabError(f"micro_batch_size={cfg.micro_batch_size} must lie between 1 and minibatch_size="
-                           f"{cfg.minibatch_size} (None: the whole minibatch in one pass).")
+        check_config(cfg)  # again: a field may have been set after the config was made
         if len(prompts) < 1:
             raise LabError("PPOTrainer got no prompts; check cfg.prompts.")
         self.cfg = cfg

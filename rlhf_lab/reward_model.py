@@ -22,6 +22,7 @@ share one backbone: the policy is another adapter on it, the reference is the ba
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import random
@@ -32,13 +33,14 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .config_args import Count, Device, Dropout, Positive, Range, Seed, Whole, check_config
 from .gold import gold_score
 from .loading import load_model, load_tokenizer
 from .ppo_math import last_token_index, pairwise_accuracy, pairwise_loss
@@ -59,33 +61,36 @@ class RewardConfig:
     trunk: str = "tiny"  # the pretrained model under the SFT adapter: "tiny", "gpt2", or a local folder
     sft_adapter: str | None = None  # the SFT adapter merged into the trunk (None: the bare pretrained
     # model, as in the tests); the RM reads text best with the representation of the policy it judges
-    r: int = 8  # LoRA rank, as for SFT: a 128-dim trunk has little to gain from more
-    lora_alpha: float = 16.0  # update scale alpha / r = 2, as for SFT
-    lora_dropout: float = 0.0  # LoRA's own dropout; the trunk's dropout is set by train_dropout
+    r: Count = 8  # LoRA rank, as for SFT: a 128-dim trunk has little to gain from more
+    lora_alpha: Positive = 16.0  # update scale alpha / r = 2, as for SFT
+    lora_dropout: Dropout = 0.0  # LoRA's own dropout; the trunk's dropout is set by train_dropout
     train_dropout: bool = False  # the trunk's dropout on while training (a regulariser); scoring is always without
     target_modules: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")  # GPT-2's Conv1D layers, as for SFT
-    lr: float = 2e-3  # LoRA and a fresh head take a large lr; 2e-3 suits the 128-dim tiny trunk
-    warmup_steps: int = 5  # a short linear warmup, then linear decay to 0
-    epochs: int = 4  # on ~2,000 pairs held-out accuracy still rises to epoch 4, then flattens while the
+    lr: Positive = 2e-3  # LoRA and a fresh head take a large lr; 2e-3 suits the 128-dim tiny trunk
+    warmup_steps: Whole = 5  # a short linear warmup, then linear decay to 0
+    epochs: Count = 4  # on ~2,000 pairs held-out accuracy still rises to epoch 4, then flattens while the
     # held-out loss rises (overconfidence); InstructGPT's far larger RM overfit after one epoch
-    batch_size: int = 32  # pairs per step, whole rankings at a time (all K(K-1)/2 pairs of a prompt)
-    max_length: int = 96  # prompt + response + EOS tokens; the tiny world's stay under ~70
-    seed: int = 0  # adapter and head init, the eval split and the batch order
-    eval_fraction: float = 0.15  # share of prompts held out (whole rankings, so no pair leaks across);
-    # 60 of 400 prompts, ~360 pairs: one standard error of an accuracy is then 2-3 points
-    eval_every: int = 25  # steps between held-out measurements (the plotted eval curve; each costs a second)
-    device: str = "auto"  # CUDA, then MPS, then CPU
+    batch_size: Count = 32  # pairs per step, whole rankings at a time (all K(K-1)/2 pairs of a prompt)
+    max_length: Annotated[int, Range(2)] = 96  # prompt + response + EOS tokens; the tiny world's stay under ~70
+    seed: Seed = 0  # adapter and head init, the eval split and the batch order
+    eval_fraction: Annotated[float, Range(0, 1, high_open=True)] = 0.15  # share of prompts held out (whole
+    # rankings, so no pair leaks across); 60 of 400 prompts, ~360 pairs: one standard error of an accuracy
+    # is then 2-3 points
+    eval_every: Count = 25  # steps between held-out measurements (the plotted eval curve; each costs a second)
+    device: Device = "auto"  # CUDA, then MPS, then CPU
+
+    def __post_init__(self):
+        check_config(self)  # each field within its range: RewardConfig(epochs=-1) is refused here
 
 
 def reward_config(fast: bool = False, **overrides) -> RewardConfig:
     """The lab's defaults: full mode 4 epochs over the pairs; FAST mode (CI, a quick look: ~60
     rankings) 3 epochs, a few seconds."""
     cfg = RewardConfig(epochs=3, eval_every=5) if fast else RewardConfig()
-    for key, value in overrides.items():
+    for key in overrides:
         if not hasattr(cfg, key):
             raise LabError(f"RewardConfig has no field {key!r}; the fields are {list(config_to_dict(cfg))}.")
-        setattr(cfg, key, value)
-    return cfg
+    return dataclasses.replace(cfg, **overrides)  # checked again, with the overrides
 
 
 # -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import html
 import json
 import math
@@ -22,7 +23,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
+from .config_args import Count, Device, Dropout, Positive, Range, Seed, Whole, check_config
 from .loading import load_model, load_tokenizer
 
 if TYPE_CHECKING:
@@ -47,24 +49,27 @@ class SFTConfig:
 
     model: str = "tiny"  # the pretrained model: "tiny" (offline), "gpt2", or a local folder
     data: str = "tiny"  # demonstrations: "tiny" (data/demonstrations), "stanfordnlp/imdb", a file
-    n_train: int | None = None  # use the first N training demonstrations (None: all 2,000)
-    n_eval: int | None = None  # held-out demonstrations for the eval loss (None: all 200)
-    r: int = 8  # LoRA rank: a common default; Hu et al. 2021 found ranks as small as 1-8 enough on GPT-3
-    lora_alpha: float = 16.0  # the update is scaled by alpha / r = 2; the 1/r spares retuning lr when r
+    n_train: Count | None = None  # use the first N training demonstrations (None: all 2,000)
+    n_eval: Count | None = None  # held-out demonstrations for the eval loss (None: all 200)
+    r: Count = 8  # LoRA rank: a common default; Hu et al. 2021 found ranks as small as 1-8 enough on GPT-3
+    lora_alpha: Positive = 16.0  # the update is scaled by alpha / r = 2; the 1/r spares retuning lr when r
     # changes (Hu et al. 2021, section 4.1)
-    lora_dropout: float = 0.0  # 2,000 short demonstrations for 2 epochs do not overfit; 0 = deterministic
+    lora_dropout: Dropout = 0.0  # 2,000 short demonstrations for 2 epochs do not overfit; 0 = deterministic
     target_modules: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")  # GPT-2's Conv1D layers: attention
     # (q, k, v and output) and MLP; adapting the MLP too helps a tiny model learn a new style.
-    lr: float = 2e-3  # LoRA takes a larger lr than full fine-tuning; 2e-3 suits a 128-dim model
-    warmup_steps: int = 10  # a short linear warmup, then linear decay to 0 (as HF Trainer's default)
-    epochs: int = 2  # two passes over 2,000 demonstrations: the eval loss has flattened by then
-    batch_size: int = 16  # demonstrations per step; 125 steps per epoch on the tiny world
-    max_length: int = 96  # prompt + completion + EOS tokens: the tiny world's take at most ~35, IMDB cuts
-    # of 60 words about 90 GPT-2 tokens
+    lr: Positive = 2e-3  # LoRA takes a larger lr than full fine-tuning; 2e-3 suits a 128-dim model
+    warmup_steps: Whole = 10  # a short linear warmup, then linear decay to 0 (as HF Trainer's default)
+    epochs: Count = 2  # two passes over 2,000 demonstrations: the eval loss has flattened by then
+    batch_size: Count = 16  # demonstrations per step; 125 steps per epoch on the tiny world
+    max_length: Annotated[int, Range(2)] = 96  # prompt + completion + EOS tokens: the tiny world's take at
+    # most ~35, IMDB cuts of 60 words about 90 GPT-2 tokens; at most the model's positions (n_positions)
     completion_only: bool = True  # loss on completion tokens only (the prompt is given, not written)
-    seed: int = 0  # LoRA init and batch order: same seed, same adapter
-    eval_every: int = 25  # steps between eval-loss measurements (the plotted curve)
-    device: str = "auto"  # CUDA, then MPS, then CPU
+    seed: Seed = 0  # LoRA init and batch order: same seed, same adapter
+    eval_every: Count = 25  # steps between eval-loss measurements (the plotted curve)
+    device: Device = "auto"  # CUDA, then MPS, then CPU
+
+    def __post_init__(self):
+        check_config(self)  # each field within its range: SFTConfig(lr=0) is refused here
 
 
 def sft_config(fast: bool = False, **overrides) -> SFTConfig:
@@ -75,11 +80,10 @@ def sft_config(fast: bool = False, **overrides) -> SFTConfig:
         cfg = SFTConfig(n_train=480, n_eval=100, epochs=1, lr=4e-3, warmup_steps=5, eval_every=5)
     else:
         cfg = SFTConfig()
-    for key, value in overrides.items():
+    for key in overrides:
         if not hasattr(cfg, key):
             raise LabError(f"SFTConfig has no field {key!r}; the fields are {list(config_to_dict(cfg))}.")
-        setattr(cfg, key, value)
-    return cfg
+    return dataclasses.replace(cfg, **overrides)  # checked again, with the overrides
 
 
 # -----------------------------------------------------------------------------
