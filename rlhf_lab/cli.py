@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 
 from .config_args import add_config_args, add_field_option, config_from_args, flag_of
-from .utils import (PACKAGE_DIR, PRECISIONS, LabError, autocast_dtype, config_to_dict, pick_device, read_json,
+from .utils import (PACKAGE_DIR, PRECISIONS, ConfigError, LabError, autocast_dtype, config_to_dict, pick_device, read_json,
                     save_config, set_precision, set_seed, short_path)
 
 STAGES = ("sft", "rank", "rm", "ppo")
@@ -485,6 +485,11 @@ def _os_error_of(err: BaseException) -> tuple[int, str | None] | None:
 
 def user_message(err: BaseException, out: str | None = None) -> tuple[str, int]:
     """(the one line to show, the exit code) for an exception that ended a command."""
+    if isinstance(err, ConfigError) and err.fields and "(option" not in str(err):
+        prefix = {cls.__name__: prefix for cls, prefix in _configs().values()}.get(err.config)
+        if prefix is not None:  # a config rule found at run time (e.g. max_length against the model)
+            flags = ", ".join(flag_of(prefix, name) for name in err.fields)
+            return " ".join(f"{err} (option {flags})".split()), 2
     if isinstance(err, LabError):
         return " ".join(str(err).split()), 2  # one line, however the message was wrapped
     os_error = _os_error_of(err)

@@ -37,6 +37,7 @@ All the math is in ppo_math.py (pure functions, tested on hand-made tensors); th
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import random
@@ -56,7 +57,7 @@ from tqdm.auto import tqdm
 
 from .config_args import (Count, Device, Finite, Fraction, NonNegative, OneOf, Positive, Range, Seed,
                           check_config)
-from .generation import Rollout, decode_responses, encode_prompts, first_eos_mask
+from .generation import Rollout, check_fits, decode_responses, encode_prompts, first_eos_mask
 from .gold import gold_scores
 from .ppo_math import (
     AdaptiveKLController,
@@ -73,7 +74,8 @@ from .ppo_math import (
     value_loss,
 )
 from .reward_model import using_adapter
-from .utils import ConfigError, LabError, autocast, config_to_dict, pick_device, save_config, set_seed
+from .utils import (ConfigError, LabError, TrainingDiverged, autocast, config_to_dict, pick_device, reading_saved,
+                    save_config, set_seed)
 
 POLICY = "policy"  # the policy's adapter name on the shared trunk
 REWARD = "reward"  # the reward model's adapter name (reward_model.ADAPTER_NAME)
@@ -180,6 +182,14 @@ def ppo_config(fast: bool = False, **overrides) -> PPOConfig:
         if key not in names:
             raise LabError(f"PPOConfig has no field {key!r}; the fields are {sorted(names)}.")
     return dataclasses.replace(cfg, **overrides)  # checked again, with the overrides
+
+
+class KLBoundWarning(UserWarning):
+    """KL(policy || SFT) passed PPOConfig.kl_bound (once a run; warnings.filterwarnings can silence it)."""
+
+
+BLOW_UP_ADVICE = ("The policy's update blew up: try a lower lr (--ppo-lr), a lower max_grad_norm, or a larger "
+                  "kl_coef; bf16 runs may need --precision fp32.")
 
 
 # -----------------------------------------------------------------------------
@@ -473,8 +483,10 @@ class PPOTrainer:
         self.tokenizer = tokenizer
         self.reward = reward
         self.prompts = list(prompts)
+        check_fits(model, tokenizer, self.prompts, cfg.max_new_tokens, config="PPOConfig")  # not at step 37
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.device = next(model.parameters()).device
+        self._kl_warned = False  # the KL bound warns once a run
 
         set_seed(cfg.seed)
         model.set_adapter(POLICY)  # the policy active and trainable; every other adapter frozen
@@ -514,6 +526,7 @@ class PPOTrainer:
     @torch.no_grad()
     def sample(self, prompts: list[str], adapter: str | None = POLICY) -> tuple[Rollout, list[str]]:
         """Sample one response per prompt (policy by default; None: the reference) with the KV cache."""
+        check_fits(self.model, self.tokenizer, prompts, self.cfg.max_new_tokens, config="PPOConfig")
         with use_adapter(self.model, adapter):
             rollout = sample_responses(self.model, self.tokenizer, prompts, self.cfg.max_new_tokens,
                                        self.cfg.temperature)
@@ -538,6 +551,9 @@ class PPOTrainer:
             rollout, completions = self.sample(prompts)
             scores.append(self.reward.score(prompts, completions, rollout).float().cpu())
         scores = torch.cat(scores)  # (n,)
+        self._stop_if_not_finite(scores, f"the reward's scores ({self.reward.name}) of the initial policy's "
+                                 "samples", "Check the reward function (a division by zero? a log of 0?).",
+                                 when="before training, fitting the score normalisation")
         std = scores.std().item()
         if not std > 1e-8:
             raise LabError("every sample of the initial policy got the same score, so there is nothing to "
@@ -588,6 +604,7 @@ class PPOTrainer:
         mask = batch.mask
         B = mask.shape[0]
         rollout_seconds = time.perf_counter() - start
+        self._check_rollout(batch)
 
         # 2. rewards and advantages ------------------------------------------------------------------
         kl_coef = self.kl_ctl.value
@@ -620,10 +637,15 @@ class PPOTrainer:
                     vf_loss, vf_stats = value_loss(vpred, batch.values[inds], returns[inds], mask[inds],
                                                    cfg.clip_range_value)
                     loss = pg_loss + cfg.vf_coef * vf_loss
+                    for name, value in (("the policy loss (pg_loss)", pg_loss), ("the value loss (vf_loss)", vf_loss)):
+                        self._stop_if_not_finite(value, name, BLOW_UP_ADVICE, where=f", PPO epoch {epoch + 1}")
                     (loss * share).backward()
                     parts.append((share.item(), {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item()}
                                   | {k: v.item() for k, v in (pg_stats | vf_stats).items()}))
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                # an optimizer step on a NaN gradient would make every weight NaN: stop before it
+                self._stop_if_not_finite(grad_norm, "the gradient norm", BLOW_UP_ADVICE,
+                                         where=f", PPO epoch {epoch + 1}")
                 self.optimizer.step()
                 stats = {k: sum(w * p[k] for w, p in parts) for k in parts[0][1]}  # token-weighted means
                 stats["ratio_max"] = max(p["ratio_max"] for _, p in parts)
@@ -632,6 +654,7 @@ class PPOTrainer:
 
         # 4. the KL controller -----------------------------------------------------------------------
         mean_kl = kl.sum(1).mean().item()  # nats per response, summed over its tokens
+        self._check_kl(mean_kl)
         self.kl_ctl.update(mean_kl, B)
         self.step_count += 1
 
@@ -674,6 +697,53 @@ class PPOTrainer:
             with open(self.out_dir / METRICS_FILE, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
         return metrics
+
+    # --- a run that goes wrong stops, or warns, in words -------------------------------------------
+
+    def _stop_if_not_finite(self, values, name: str, advice: str, where: str = "", when: str | None = None) -> None:
+        """Stop the run if `values` holds NaN or inf, naming the quantity, the step and what to try:
+        left alone, one NaN spreads into every weight and the run ends in nonsense, with exit code 0."""
+        values = torch.as_tensor(values).detach()
+        bad = ~torch.isfinite(values)
+        if bool(bad.any()):
+            when = when or f"step {self.step_count + 1} of {self.cfg.steps}{where}"
+            count = f"{int(bad.sum())} of {values.numel()} values are" if values.numel() > 1 else "it is"
+            raise TrainingDiverged(f"PPO stopped {when}: {name} is not a finite number ({count} NaN or "
+                                   f"infinite). {advice}")
+
+    def _check_rollout(self, batch: Batch) -> None:
+        """The rollout's numbers must be finite before anything learns from them."""
+        bad = (~torch.isfinite(batch.raw_scores)).nonzero().flatten().tolist()
+        example = (f" (e.g. for the response {batch.completions[bad[0]][:40]!r} to the prompt "
+                   f"{batch.prompts[bad[0]][:40]!r})") if bad else ""
+        self._stop_if_not_finite(batch.raw_scores, f"the reward ({self.reward.name}){example}",
+                                 "Check the reward function (a division by zero? a log of 0?); PPO cannot learn "
+                                 "from such scores.")
+        mask = batch.mask.bool()
+        self._stop_if_not_finite(batch.logprobs[mask], "the policy's log-probs", BLOW_UP_ADVICE)
+        self._stop_if_not_finite(batch.values[mask], "the value head's values", BLOW_UP_ADVICE)
+        self._stop_if_not_finite(batch.ref_logprobs[mask], "the reference (SFT) model's log-probs",
+                                 "The SFT adapter is damaged: train SFT again.")
+
+    def _check_kl(self, mean_kl: float) -> None:
+        """KL(policy || SFT) past the bound: a warning once a run, or the end of it (stop_at_kl_bound)."""
+        self._stop_if_not_finite(mean_kl, "the KL to the SFT model", BLOW_UP_ADVICE)
+        cfg, bound = self.cfg, self.cfg.kl_bound_value
+        if mean_kl <= bound:
+            return
+        source = "kl_bound" if cfg.kl_bound is not None else "3 x kl_target"
+        message = (f"step {self.step_count + 1} of {cfg.steps}: KL(policy || SFT) is {mean_kl:.1f} nats per "
+                   f"response, past the bound of {bound:g} ({source}); the policy is drifting far from the SFT "
+                   "model, where the reward model's judgement no longer holds.")
+        advice = (" To keep it nearer: a lower lr, a larger kl_coef, or the adaptive controller (adaptive_kl); "
+                  "to allow it: a larger kl_bound.")
+        if cfg.stop_at_kl_bound:
+            raise TrainingDiverged(f"PPO stopped at {message}{advice} (stop_at_kl_bound is on; switch it off to "
+                                   "only warn.)")
+        if not self._kl_warned:
+            self._kl_warned = True
+            warnings.warn(KLBoundWarning(f"PPO {message}{advice} Training goes on (stop_at_kl_bound stops it "
+                                         "instead); this warning comes once a run."), stacklevel=4)
 
     def train(self, steps: int | None = None, callback: Callable[[dict, "PPOTrainer"], None] | None = None,
               progress: bool = True) -> list[dict]:
@@ -725,7 +795,9 @@ class PPOTrainer:
             },
             "config": config_to_dict(self.cfg),
         }
-        torch.save(state, tmp / "trainer_state.pt")
+        buffer = io.BytesIO()  # torch's own file writer reports a full disk as "unexpected pos"; Python's
+        torch.save(state, buffer)  # write raises OSError(ENOSPC), which the command line can explain
+        (tmp / "trainer_state.pt").write_bytes(buffer.getvalue())
         old = path.with_name(path.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if path.exists():
@@ -742,15 +814,18 @@ class PPOTrainer:
             if not (old / "trainer_state.pt").is_file():
                 return False
             path = old
-        state = torch.load(path / "trainer_state.pt", weights_only=True)  # tensors, numbers, lists, dicts only
+        with reading_saved(path, "PPO checkpoint"):
+            state = torch.load(path / "trainer_state.pt", weights_only=True)  # tensors, numbers, lists, dicts only
         for key in ("batch_size", "minibatch_size", "seed", "max_new_tokens", "reward", "r", "lora_alpha"):
             saved, now = state["config"].get(key), config_to_dict(self.cfg)[key]
             if saved != now:
                 raise LabError(f"cannot resume from {path}: it was written with {key}={saved!r}, this run "
                                f"has {key}={now!r}. Use the same settings, or a new output folder.")
-        set_peft_model_state_dict(self.model, load_file(str(path / "policy" / "adapter_model.safetensors")),
-                                  adapter_name=POLICY)
-        self.value_head.load_state_dict(load_file(str(path / VALUE_HEAD_FILE)))
+        with reading_saved(path, "PPO checkpoint"):
+            adapter, value_head = load_file(str(path / "policy" / "adapter_model.safetensors")), \
+                load_file(str(path / VALUE_HEAD_FILE))
+        set_peft_model_state_dict(self.model, adapter, adapter_name=POLICY)
+        self.value_head.load_state_dict(value_head)
         self.optimizer.load_state_dict(state["optimizer"])
         for key, value in state["kl_ctl"].items():
             setattr(self.kl_ctl, key, value)

@@ -36,7 +36,8 @@ from .loading import load_model, load_tokenizer
 
 if TYPE_CHECKING:
     import datasets  # imported where demonstrations are loaded (loading.py says why)
-from .utils import LabError, autocast, config_to_dict, pick_device, run_dir, save_config, set_seed
+from .utils import (ConfigError, LabError, TrainingDiverged, autocast, config_to_dict, pick_device, read_json,
+                    reading_saved, run_dir, save_config, set_seed)
 
 IGNORE_INDEX = -100  # label of tokens the loss skips (prompt, padding): PyTorch's and HF's convention
 CONFIG_FILE = "sft_config.json"
@@ -166,6 +167,27 @@ def forward_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                     position_ids=batch["position_ids"].to(device))
     return out.logits
+
+
+def stop_if_diverged(stage: str, step: int, total: int, advice: str, **values) -> None:
+    """Stop a training loop before its optimizer step if the loss or the gradient is NaN or infinite:
+    one such step makes every trained weight NaN, and the run would go on to save nonsense."""
+    for name, value in values.items():
+        if not bool(torch.isfinite(value.detach()).all()):
+            what = {"loss": "the loss", "grad_norm": "the gradient norm"}.get(name, name)
+            raise TrainingDiverged(f"{stage} stopped at step {step} of {total}: {what} is {float(value):g}, not a "
+                                   f"finite number, so the weights would turn to NaN; {advice}")
+
+
+def check_max_length(model, cfg) -> None:
+    """Refuse a cfg.max_length beyond the model's positions (n_positions) before any training: past
+    them the position embedding has no row and the forward pass fails deep inside with an IndexError."""
+    from .generation import model_positions
+
+    n_positions = model_positions(model)
+    if n_positions is not None and cfg.max_length > n_positions:
+        raise ConfigError(f"max_length={cfg.max_length} is more than the model's {n_positions} positions "
+                          f"(n_positions); set it to {n_positions} or less.", type(cfg).__name__, ("max_length",))
 
 
 def tokenize_demonstrations(dataset, tokenizer, cfg: SFTConfig) -> list[dict]:
@@ -311,6 +333,7 @@ def train_sft(cfg: SFTConfig, model=None, tokenizer=None, train=None, eval=None,
     from .demonstrations import load_demonstrations
 
     start_time = time.time()
+    check_config(cfg)  # again: a field may have been set after the config was made
     set_seed(cfg.seed)
     device = pick_device(cfg.device)
     if model is None:
@@ -318,6 +341,7 @@ def train_sft(cfg: SFTConfig, model=None, tokenizer=None, train=None, eval=None,
     else:
         model = copy.deepcopy(model).to(device)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
+    check_max_length(model, cfg)
     train = train if train is not None else load_demonstrations(cfg.data, "train", limit=cfg.n_train)
     eval = eval if eval is not None else load_demonstrations(cfg.data, "validation", limit=cfg.n_eval)
     import datasets
@@ -359,7 +383,9 @@ def train_sft(cfg: SFTConfig, model=None, tokenizer=None, train=None, eval=None,
             loss = completion_loss(logits, batch["labels"].to(logits.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            stop_if_diverged("SFT", step + 1, total_steps, loss=loss, grad_norm=grad_norm,
+                             advice="try a lower lr (--sft-lr).")
             optimizer.step()
             step += 1
             window.append(loss.item())
@@ -478,12 +504,12 @@ def load_sft(path: str | Path, device: str | torch.device | None = "auto", base:
                        "train_sft(cfg, out_dir=...) or run notebooks/01_sft.ipynb.")
     if base is None:
         if (path / CONFIG_FILE).is_file():
-            base = json.loads((path / CONFIG_FILE).read_text())["model"]
+            base = read_json(path / CONFIG_FILE, "SFT config")["model"]
         else:  # an adapter saved by someone else: trust peft's record of its base
-            base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+            base = read_json(path / "adapter_config.json", "adapter config")["base_model_name_or_path"]
     model, _ = load_model(base, device=device)
     tokenizer = load_tokenizer(path)
-    with _quiet_peft():
+    with _quiet_peft(), reading_saved(path, "SFT adapter"):
         model = PeftModel.from_pretrained(model, str(path))
     model.eval()
     return model, tokenizer

@@ -31,6 +31,11 @@ class LabError(Exception):
     """
 
 
+class TrainingDiverged(LabError):
+    """A run went non-finite (a NaN reward, loss or gradient) or past a bound it was told to keep; the
+    message names the quantity, the step and what to try."""
+
+
 class ConfigError(LabError):
     """A config field (or a rule between fields) out of range. `fields` names them, so the command
     line can name its options; `problem` is the rule that failed ("must be > 0")."""
