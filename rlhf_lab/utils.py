@@ -214,15 +214,36 @@ def reading_saved(path: str | Path, what: str):
         raise LabError(f"{short_path(path)}: the saved {what} is incomplete ({Path(err.filename or '?').name} "
                        "is missing). Run the stage that writes it again.") from None
     except Exception as err:  # noqa: BLE001 (each loader has its own error types; all mean the same here)
-        reason = " ".join(str(err).split())[:160]
-        if type(err).__name__ == "UnpicklingError":
-            problem = ("holds pickled Python objects, which the lab never loads (unpickling can run any "
-                       "code); it is not a file the lab wrote")
+        reason = " ".join(str(err).split()).split(". ")[0][:160]  # the first sentence: torch's run on
+        pickled = _pickled_file(Path(path), refused=str(err).startswith("Weights only load failed"))
+        if pickled is not None:
+            problem = (f"cannot be read: {pickled.name} is a pickle of Python objects, not what the lab writes "
+                       "there; the lab never unpickles such a file, since that can run any code")
         else:
             problem = (f"cannot be read ({type(err).__name__}: {reason}); a file in it is damaged (cut off by "
                        "a full disk or a kill, zeroed, or replaced by another kind of file)")
         raise LabError(f"{short_path(path)}: the saved {what} {problem}. Delete it and run the stage that "
                        "writes it again (without --resume).") from None
+
+
+def _pickled_file(path: Path, refused: bool) -> Path | None:
+    """The file at `path` (or in the folder) that is a pickle where the lab expects its own format: a
+    .safetensors file that is torch.save's zip (PK...) or a bare pickle (0x80, protocol 2-5); or, when
+    torch refused to unpickle (refused=True), a .pt file that is a pickle (the lab's own load with
+    weights_only=True, so a refusal means foreign Python objects). None if there is none."""
+    files = [path] if path.is_file() else sorted(path.glob("*")) if path.is_dir() else []
+    for file in files:
+        if file.suffix not in (".safetensors", ".pt"):
+            continue
+        with open(file, "rb") as f:
+            start = f.read(9)
+        pickle_protocol = start[:1] == b"\x80" and start[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+        is_pickle = start.startswith(b"PK\x03\x04") or pickle_protocol  # torch.save's zip, or a bare pickle
+        header = int.from_bytes(start[:8], "little")  # safetensors: 8 bytes of header length, then "{"
+        is_safetensors = start[8:9] == b"{" and 8 + header <= file.stat().st_size
+        if is_pickle and (file.suffix == ".safetensors" and not is_safetensors or file.suffix == ".pt" and refused):
+            return file
+    return None
 
 
 def run_dir(name: str, root: str | Path | None = None) -> Path:
