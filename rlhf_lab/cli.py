@@ -237,6 +237,21 @@ def _save_figure(fig, path: Path) -> str:
     return short_path(path)
 
 
+def require_stages(out: Path, *stages: str) -> None:
+    """The earlier stages this one builds on must be in `out`: say which is missing and the command that
+    makes it, before anything is loaded."""
+    from . import pipeline
+
+    needs = {"sft": (pipeline.sft_adapter_path(out) / "adapter_config.json", "No LoRA adapter in {folder}"),
+             "rank": (pipeline.rankings_path(out), "No rankings in {folder}"),
+             "rm": (pipeline.reward_model_path(out) / "reward_model.json", "No reward model in {folder}")}
+    for stage in stages:
+        path, what = needs[stage]
+        if not path.is_file():
+            raise LabError(f"{what.format(folder=short_path(path.parent))} ({path.name} is missing): run "
+                           f"`rlhf-lab {stage} --out {out}` first, or `rlhf-lab run --out {out}` for every stage.")
+
+
 def stage_sft(out: Path, cfg, resume: bool) -> dict:
     from . import pipeline
     from .sft import RESULT_FILE, save_sft, train_sft
@@ -277,6 +292,7 @@ def stage_rank(out: Path, cfg, device) -> dict:
     if have >= n:
         print(f"[rank] done already: {have} rankings in {short_path(path)}")
         return {"rankings": have, "k": cfg.k, "seconds": 0.0}
+    require_stages(out, "sft")
     start = time.time()
     model, tokenizer = load_sft(pipeline.sft_adapter_path(out), device=device)
     prompts = None
@@ -299,6 +315,7 @@ def stage_rm(out: Path, cfg, args, resume: bool) -> dict:
     if resume and (path / META_FILE).is_file():
         print(f"[rm] done already: {short_path(path)}")
         return read_json(path / META_FILE, "reward model's record")["metrics"]
+    require_stages(out, "sft", "rank")
     start = time.time()
     sft_path = pipeline.sft_adapter_path(out)
     policy, tokenizer = load_sft(sft_path, device=args.device)
@@ -328,6 +345,7 @@ def stage_ppo(out: Path, cfg, args, resume: bool):
     if resume and (ppo_dir / RESULT_FILE).is_file():
         print(f"[ppo] done already: {short_path(ppo_dir)}")
         return read_json(ppo_dir / RESULT_FILE, "PPO result"), None
+    require_stages(out, "sft", "rm")
     sft_path = pipeline.sft_adapter_path(out)
     base = read_json(sft_path / "sft_config.json", "SFT config")["model"]
     cfg = dataclasses.replace(cfg, sft=str(sft_path), reward_model=str(pipeline.reward_model_path(out)),
