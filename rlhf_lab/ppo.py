@@ -706,7 +706,7 @@ class PPOTrainer:
         values = torch.as_tensor(values).detach()
         bad = ~torch.isfinite(values)
         if bool(bad.any()):
-            when = when or f"step {self.step_count + 1} of {self.cfg.steps}{where}"
+            when = when or f"at step {self.step_count + 1} of {self.cfg.steps}{where}"
             count = f"{int(bad.sum())} of {values.numel()} values are" if values.numel() > 1 else "it is"
             raise TrainingDiverged(f"PPO stopped {when}: {name} is not a finite number ({count} NaN or "
                                    f"infinite). {advice}")
@@ -816,6 +816,11 @@ class PPOTrainer:
             path = old
         with reading_saved(path, "PPO checkpoint"):
             state = torch.load(path / "trainer_state.pt", weights_only=True)  # tensors, numbers, lists, dicts only
+        needed = {"step", "history", "kl_ctl", "optimizer", "rng", "config"}
+        missing = needed - set(state if isinstance(state, dict) else ())
+        if missing:
+            raise LabError(f"{path / 'trainer_state.pt'} is not a checkpoint the lab wrote (it has no "
+                           f"{', '.join(sorted(missing))}). Delete {path} and run PPO again (without --resume).")
         for key in ("batch_size", "minibatch_size", "seed", "max_new_tokens", "reward", "r", "lora_alpha"):
             saved, now = state["config"].get(key), config_to_dict(self.cfg)[key]
             if saved != now:

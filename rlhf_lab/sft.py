@@ -173,7 +173,8 @@ def stop_if_diverged(stage: str, step: int, total: int, advice: str, **values) -
     """Stop a training loop before its optimizer step if the loss or the gradient is NaN or infinite:
     one such step makes every trained weight NaN, and the run would go on to save nonsense."""
     for name, value in values.items():
-        if not bool(torch.isfinite(value.detach()).all()):
+        value = value.detach()
+        if not bool(torch.isfinite(value).all()):
             what = {"loss": "the loss", "grad_norm": "the gradient norm"}.get(name, name)
             raise TrainingDiverged(f"{stage} stopped at step {step} of {total}: {what} is {float(value):g}, not a "
                                    f"finite number, so the weights would turn to NaN; {advice}")
