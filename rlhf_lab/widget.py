@@ -256,6 +256,7 @@ class RankingWidget:
 
     def _next_item(self, message: str) -> None:
         self._position += 1
+        self._sync_with_file()  # another kernel may have ranked some of the items meanwhile
         done = self._ranked | self._skipped
         while self.current_item is not None and item_key(self.current_item) in done:
             self._position += 1  # done in another kernel meanwhile: not asked again
