@@ -56,9 +56,12 @@ def _configs():
             "ppo": (PPOConfig, "ppo_")}
 
 
-# fields the command sets itself (paths between stages, and the common options), not the user
+# fields that get no option of their own: the command sets them (paths between stages), or a common
+# option does (--device; the rank stage's --seed and --data)
 _WIRED = {"sft": ("device",), "rank": ("seed", "prompts"), "rm": ("trunk", "sft_adapter", "device"),
           "ppo": ("sft", "reward_model", "reward", "model", "device")}
+# what --resume may find changed: the paths the command sets, and the device (a run may move machines)
+_NOT_COMPARED = _WIRED | {"rank": ()}
 
 
 def _out_folder(text: str) -> str:
@@ -191,7 +194,7 @@ def _differences(out: Path, configs: dict, stages) -> list[tuple[str, str, objec
             continue
         now = config_to_dict(configs[stage])
         for name, value in now.items():
-            if name in _WIRED[stage] or name not in saved[0]:
+            if name in _NOT_COMPARED[stage] or name not in saved[0]:
                 continue
             if saved[0][name] != value:
                 found.append((stage, name, saved[0][name], value))
