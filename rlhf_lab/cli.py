@@ -28,8 +28,8 @@ import warnings
 from pathlib import Path
 
 from .config_args import add_config_args, add_field_option, config_from_args, flag_of
-from .utils import (PACKAGE_DIR, PRECISIONS, ConfigError, LabError, autocast_dtype, config_to_dict, pick_device, read_json,
-                    save_config, set_precision, set_seed, short_path)
+from .utils import (PACKAGE_DIR, PRECISIONS, ConfigError, LabError, autocast_dtype, config_to_dict, pick_device,
+                    read_json, save_config, set_precision, set_seed, short_path)
 
 STAGES = ("sft", "rank", "rm", "ppo")
 DEFAULT_OUT = "runs/pipeline"
@@ -245,7 +245,8 @@ def require_stages(out: Path, *stages: str) -> None:
     makes it, before anything is loaded."""
     from . import pipeline
 
-    needs = {"sft": (pipeline.sft_adapter_path(out) / "adapter_config.json", "No LoRA adapter in {folder}"),
+    # each stage's last file written: a stage killed while saving is not taken for a finished one
+    needs = {"sft": (pipeline.sft_adapter_path(out) / "sft_result.json", "No LoRA adapter in {folder}"),
              "rank": (pipeline.rankings_path(out), "No rankings in {folder}"),
              "rm": (pipeline.reward_model_path(out) / "reward_model.json", "No reward model in {folder}")}
     for stage in stages:

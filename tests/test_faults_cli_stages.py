@@ -90,7 +90,7 @@ def test_a_stage_without_its_earlier_stage_says_which(capsys, tmp_path, stages_f
     empty = tmp_path / "empty"
     for command in ("rank", "label", "rm", "ppo"):
         line = one_line_error(capsys, command, "--out", empty)
-        assert "No LoRA adapter in" in line and "(adapter_config.json is missing)" in line
+        assert "No LoRA adapter in" in line and "(sft_result.json is missing)" in line
         assert f"run `rlhf-lab sft --out {empty}` first, or `rlhf-lab run --out {empty}`" in line
     import shutil
 
@@ -99,3 +99,6 @@ def test_a_stage_without_its_earlier_stage_says_which(capsys, tmp_path, stages_f
     assert "No rankings in" in line and f"run `rlhf-lab rank --out {empty}` first" in line
     line = one_line_error(capsys, "ppo", "--out", empty)
     assert "No reward model in" in line and f"run `rlhf-lab rm --out {empty}` first" in line
+    (empty / "01_sft" / "adapter" / "sft_result.json").unlink()  # SFT killed while it saved
+    line = one_line_error(capsys, "rank", "--out", empty)
+    assert "No LoRA adapter in" in line and "(sft_result.json is missing)" in line
