@@ -21,7 +21,6 @@ import textwrap
 import math
 import tokenize
 import typing
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated
 
@@ -33,14 +32,20 @@ def _number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
-@dataclass(frozen=True)
 class Range:
-    """The numbers a field accepts: finite, from low to high; an open end excludes the bound itself."""
+    """The numbers a field accepts: finite, from low to high; an open end excludes the bound itself.
 
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False  # True: low is not allowed (a learning rate must be > 0, not >= 0)
-    high_open: bool = False
+    (Plain classes here, not dataclasses: benchmarks/ppo_vs_trl.py loads this file outside the package,
+    where a dataclass cannot find its module.)
+    """
+
+    def __init__(self, low: float | None = None, high: float | None = None, low_open: bool = False,
+                 high_open: bool = False):
+        self.low, self.high = low, high
+        self.low_open, self.high_open = low_open, high_open  # True: the bound itself is out (lr > 0, not >= 0)
+
+    def __repr__(self) -> str:
+        return f"Range({self.describe()})"
 
     def describe(self) -> str:
         """The range as --help shows it: "> 0", ">= 1", "0 to 1", ">= 0 and < 1", "finite"."""
@@ -66,14 +71,14 @@ class Range:
         return None
 
 
-@dataclass(frozen=True)
 class OneOf:
     """The strings a field accepts."""
 
-    choices: tuple[str, ...]
-
     def __init__(self, *choices: str):
-        object.__setattr__(self, "choices", tuple(choices))
+        self.choices = tuple(choices)
+
+    def __repr__(self) -> str:
+        return f"OneOf{self.choices}"
 
     def describe(self) -> str:
         return "one of " + ", ".join(self.choices)
@@ -82,7 +87,6 @@ class OneOf:
         return None if value in self.choices else f"must be {self.describe()}"
 
 
-@dataclass(frozen=True)
 class DeviceName:
     """A torch device name the lab can use: auto, cpu, cuda, cuda:N or mps (is it there? pick_device says)."""
 

@@ -102,3 +102,16 @@ def test_a_stage_without_its_earlier_stage_says_which(capsys, tmp_path, stages_f
     (empty / "01_sft" / "adapter" / "sft_result.json").unlink()  # SFT killed while it saved
     line = one_line_error(capsys, "rank", "--out", empty)
     assert "No LoRA adapter in" in line and "(sft_result.json is missing)" in line
+
+
+def test_config_args_still_loads_on_its_own_for_the_benchmark():
+    """benchmarks/ppo_vs_trl.py reads its --help through config_args.py loaded outside the package
+    (no torch in its parent process): the range annotations must not break that."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "ppo_vs_trl.py"
+    done = subprocess.run([sys.executable, str(bench), "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--rounds ROUNDS" in done.stdout and "timed PPO updates per side" in done.stdout
