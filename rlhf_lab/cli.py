@@ -7,22 +7,29 @@
 Every stage writes into DIR with the same layout the notebooks use under runs/:
     DIR/01_sft/adapter  DIR/02_rankings/rankings.jsonl  DIR/03_reward_model/reward_model  DIR/04_ppo
 and `run` adds DIR/plots/*.png, DIR/samples.jsonl, DIR/report.md and DIR/summary.json.
-Every field of each stage's dataclass config is an option (--sft-lr, --rm-epochs, --ppo-kl-target, ...).
+Every field of each stage's dataclass config is an option (--sft-lr, --rm-epochs, --ppo-kl-target, ...),
+checked while the command line is parsed; --help gives each one's range and default.
+
+A mistake (a bad option, a missing or damaged file, a full disk) ends in one line that says what went
+wrong, where, and what to do, with exit code 2; --debug (or RLHF_LAB_DEBUG=1) shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
-import math
+import os
+import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
-from .config_args import add_config_args, config_from_args
-from .utils import (PRECISIONS, LabError, autocast_dtype, config_to_dict, pick_device, save_config, set_precision,
-                    set_seed, short_path)
+from .config_args import add_config_args, add_field_option, config_from_args, flag_of
+from .utils import (PACKAGE_DIR, PRECISIONS, ConfigError, LabError, autocast_dtype, config_to_dict, pick_device,
+                    read_json, save_config, set_precision, set_seed, short_path)
 
 STAGES = ("sft", "rank", "rm", "ppo")
 DEFAULT_OUT = "runs/pipeline"
@@ -40,18 +47,48 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _configs():
+    """{stage: (its config class, the prefix of its options)}."""
+    from .pipeline import RankConfig
     from .ppo import PPOConfig
     from .reward_model import RewardConfig
     from .sft import SFTConfig
-    return {"sft": (SFTConfig, "sft_"), "rm": (RewardConfig, "rm_"), "ppo": (PPOConfig, "ppo_")}
+    return {"sft": (SFTConfig, "sft_"), "rank": (RankConfig, ""), "rm": (RewardConfig, "rm_"),
+            "ppo": (PPOConfig, "ppo_")}
 
 
-# fields the command sets itself (paths between stages), not the user
-_WIRED = {"sft": ("device",), "rm": ("trunk", "sft_adapter", "device"),
+# fields that get no option of their own: the command sets them (paths between stages), or a common
+# option does (--device; the rank stage's --seed and --data)
+_WIRED = {"sft": ("device",), "rank": ("seed", "prompts"), "rm": ("trunk", "sft_adapter", "device"),
           "ppo": ("sft", "reward_model", "reward", "model", "device")}
+# what --resume may find changed: the paths the command sets, and the device (a run may move machines)
+_NOT_COMPARED = _WIRED | {"rank": ()}
+
+
+def _out_folder(text: str) -> str:
+    """--out: a folder that is there or can be made, and that this user can write into."""
+    path = Path(text)
+    existing = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {existing} is a file, not a folder; --out names the run's "
+                                         "folder (it is made if missing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text}: cannot write into {existing} (a read-only disk, or a folder "
+                                         "of another user); choose an --out you can write to")
+    return text
+
+
+def _device(text: str) -> str:
+    """--device: a device name torch knows, and that this machine has."""
+    try:
+        pick_device(text)
+    except LabError as err:
+        raise argparse.ArgumentTypeError(str(err).rstrip(".")) from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .sft import SFTConfig
+
     parser = _Parser(prog="rlhf-lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     helps = {"run": "all stages, then a report", "sft": "stage 1: supervised fine-tuning with LoRA",
@@ -61,36 +98,37 @@ def build_parser() -> argparse.ArgumentParser:
     configs = _configs()
     for name, text in helps.items():
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("--out", default=DEFAULT_OUT, help=f"the run's folder (default: {DEFAULT_OUT})")
+        p.add_argument("--out", default=DEFAULT_OUT, type=_out_folder,
+                       help=f"the run's folder (default: {DEFAULT_OUT})")
         p.add_argument("--model", default=None, help='"tiny" (offline default), a hub id such as "gpt2", or a local folder')
         p.add_argument("--data", default=None, help='"tiny", or a hub dataset such as "stanfordnlp/imdb", or a local file: '
                        "the demonstrations and prompts")
-        p.add_argument("--seed", type=int, default=None, help="one seed for every stage (default: each config's)")
-        p.add_argument("--device", default="auto", help='"auto" (CUDA, MPS, then CPU), "cpu", "cuda", ...')
+        add_field_option(p, SFTConfig, "seed", "--seed", dest="seed", help="one seed for every stage",
+                         default_label="each config's")
+        p.add_argument("--device", default="auto", type=_device,
+                       help='"auto" (CUDA, MPS, then CPU; the default), "cpu", "cuda", "cuda:N", "mps"')
         p.add_argument("--fast", action="store_true", help="a quick run with small settings (seconds to a minute a stage)")
         p.add_argument("--precision", choices=PRECISIONS, default=None,
                        help='forward passes: "auto" (bf16 autocast on a CUDA GPU that supports it, else fp32; '
                        'the default, or RLHF_LAB_PRECISION), "bf16", "fp32"')
         p.add_argument("--resume", action="store_true", help="continue the run in --out: keep finished stages, "
-                       "continue PPO from its last checkpoint")
+                       "continue PPO from its last checkpoint (the options must be those the run was made with)")
+        p.add_argument("--debug", action="store_true", help="show the traceback of an error (or set RLHF_LAB_DEBUG=1)")
         stages = STAGES if name == "run" else ({"label": ("rank",)}.get(name, (name,)))
-        if "rank" in stages:
-            g = p.add_argument_group("rankings")
-            g.add_argument("--k", type=int, default=4, help="samples ranked per prompt (InstructGPT: 4 to 9)")
-            g.add_argument("--n-rankings", type=int, default=None, help="rankings to collect (default: 340, "
-                           "about 2,000 pairs; --fast: 60)")
         if "ppo" in stages:
+            cls = configs["ppo"][0]
             g = p.add_argument_group("shortcuts")
-            g.add_argument("--steps", type=int, default=None, help="PPO updates (= --ppo-steps)")
-            g.add_argument("--kl-coef", type=float, default=None, help="beta, the KL penalty's initial weight")
-            g.add_argument("--kl-target", type=float, default=None, help="target KL for the adaptive beta (nats)")
+            add_field_option(g, cls, "steps", "--steps", dest="steps", help="PPO updates (= --ppo-steps)")
+            add_field_option(g, cls, "kl_coef", "--kl-coef", dest="kl_coef",
+                             help="beta, the KL penalty's initial weight (= --ppo-kl-coef)")
+            add_field_option(g, cls, "kl_target", "--kl-target", dest="kl_target",
+                             help="target KL for the adaptive beta, nats (= --ppo-kl-target)")
             g.add_argument("--fixed-kl", action="store_true", help="keep beta fixed (no adaptive controller)")
         if any(s in stages for s in ("sft", "rm", "ppo")):
-            p.add_argument("--lora-r", type=int, default=None, help="LoRA rank for every stage's adapter")
+            add_field_option(p, SFTConfig, "r", "--lora-r", dest="lora_r", help="LoRA rank for every stage's adapter")
         for stage in stages:
-            if stage in configs:
-                cls, prefix = configs[stage]
-                add_config_args(p, cls, prefix=prefix, skip=_WIRED[stage])
+            cls, prefix = configs[stage]
+            add_config_args(p, cls, prefix=prefix, skip=_WIRED[stage])
     return parser
 
 
@@ -98,23 +136,93 @@ def build_parser() -> argparse.ArgumentParser:
 # the stages
 
 
-def _stage_configs(args) -> dict:
+def _option(args, name: str):
+    """An option's value, or None where this command has no such option (rank has no --lora-r)."""
+    return getattr(args, name, None)
+
+
+def _stage_configs(args, fast: bool | None = None) -> dict:
     """The resolved config of each stage: FAST or full defaults, then the options given."""
+    from .pipeline import RankConfig
     from .ppo import PPOConfig, ppo_config
     from .reward_model import RewardConfig, reward_config
     from .sft import SFTConfig, sft_config
 
+    fast = bool(args.fast) if fast is None else fast
     common = {"seed": args.seed, "device": args.device}
-    lora = {"r": args.lora_r}
-    sft = config_from_args(SFTConfig, args, "sft_", sft_config(args.fast), model=args.model, data=args.data,
+    lora = {"r": _option(args, "lora_r")}
+    sft = config_from_args(SFTConfig, args, "sft_", sft_config(fast), model=args.model, data=args.data,
                            **common, **lora)
-    rm = config_from_args(RewardConfig, args, "rm_", reward_config(args.fast), **common, **lora)
-    ppo_overrides = {"steps": getattr(args, "steps", None), "kl_coef": getattr(args, "kl_coef", None),
-                     "kl_target": getattr(args, "kl_target", None), "prompts": args.data}
-    if getattr(args, "fixed_kl", False):
+    rank = config_from_args(RankConfig, args, "", RankConfig(), seed=args.seed, prompts=args.data)
+    if rank.n_rankings is None:
+        from .pipeline import N_RANKINGS
+        rank = dataclasses.replace(rank, n_rankings=N_RANKINGS[fast])
+    rm = config_from_args(RewardConfig, args, "rm_", reward_config(fast), **common, **lora)
+    ppo_overrides = {"steps": _option(args, "steps"), "kl_coef": _option(args, "kl_coef"),
+                     "kl_target": _option(args, "kl_target"), "prompts": args.data}
+    if _option(args, "fixed_kl"):
         ppo_overrides["adaptive_kl"] = False
-    ppo = config_from_args(PPOConfig, args, "ppo_", ppo_config(args.fast), **common, **lora, **ppo_overrides)
-    return {"sft": sft, "rm": rm, "ppo": ppo}
+    ppo = config_from_args(PPOConfig, args, "ppo_", ppo_config(fast), **common, **lora, **ppo_overrides)
+    return {"sft": sft, "rank": rank, "rm": rm, "ppo": ppo}
+
+
+# -----------------------------------------------------------------------------
+# resuming: the run in --out must be the run these options describe
+
+
+def _saved_config(out: Path, stage: str) -> tuple[dict, Path] | None:
+    """What a stage in `out` was made with, and the file that says so: the stage's own record where it
+    has one (it finished, or PPO started), else configs/<stage>.json, written when the stage began."""
+    from . import pipeline
+
+    own = {"sft": out / pipeline.SFT_DIR / "adapter" / "sft_config.json",
+           "rm": out / pipeline.REWARD_DIR / "reward_model" / "reward_model.json",
+           "ppo": out / pipeline.PPO_DIR / "ppo_config.json"}.get(stage)
+    for path in (own, out / "configs" / f"{stage}.json"):
+        if path is not None and path.is_file():
+            saved = read_json(path, f"saved {stage} config")
+            return (saved.get("config", {}) if path.name == "reward_model.json" else saved), path
+    return None
+
+
+def _differences(out: Path, configs: dict, stages) -> list[tuple[str, str, object, object]]:
+    """(stage, field, saved value, value now) for each user-settable field that differs from the run."""
+    found = []
+    for stage in stages:
+        saved = _saved_config(out, stage)
+        if saved is None:
+            continue
+        now = config_to_dict(configs[stage])
+        for name, value in now.items():
+            if name in _NOT_COMPARED[stage] or name not in saved[0]:
+                continue
+            if saved[0][name] != value:
+                found.append((stage, name, saved[0][name], value))
+    return found
+
+
+def check_resume(args, out: Path, configs: dict, stages) -> None:
+    """--resume continues the run in `out` as it was made: refuse options that would change it (the
+    run would mix two settings and its summary would describe neither), naming what differs."""
+    found = _differences(out, configs, stages)
+    if not found:
+        return
+    prefixes = {stage: prefix for stage, (_, prefix) in _configs().items()}
+    shown = [f"{stage}.{name} {saved!r} -> {now!r} ({flag_of(prefixes[stage], name)})"
+             for stage, name, saved, now in found[:6]]
+    more = f" and {len(found) - 6} more" if len(found) > 6 else ""
+    hint = ""
+    if not _differences(out, _stage_configs(args, fast=not args.fast), stages):
+        hint = f" It was made {'without' if args.fast else 'with'} --fast."
+    raise LabError(f"--resume would continue {short_path(out)} with other settings than it was made with: "
+                   f"{', '.join(shown)}{more}.{hint} Resume with the options the run was made with (its configs "
+                   f"are in {short_path(out / 'configs')}), or start a new run with another --out.")
+
+
+def _save_configs(out: Path, configs: dict, stages) -> None:
+    """configs/<stage>.json: what each stage of this command is made with (read again by --resume)."""
+    for stage in stages:
+        save_config(configs[stage], out / "configs" / f"{stage}.json")
 
 
 def _write_jsonl(rows, path: Path) -> None:
@@ -132,6 +240,22 @@ def _save_figure(fig, path: Path) -> str:
     return short_path(path)
 
 
+def require_stages(out: Path, *stages: str) -> None:
+    """The earlier stages this one builds on must be in `out`: say which is missing and the command that
+    makes it, before anything is loaded."""
+    from . import pipeline
+
+    # each stage's last file written: a stage killed while saving is not taken for a finished one
+    needs = {"sft": (pipeline.sft_adapter_path(out) / "sft_result.json", "No LoRA adapter in {folder}"),
+             "rank": (pipeline.rankings_path(out), "No rankings in {folder}"),
+             "rm": (pipeline.reward_model_path(out) / "reward_model.json", "No reward model in {folder}")}
+    for stage in stages:
+        path, what = needs[stage]
+        if not path.is_file():
+            raise LabError(f"{what.format(folder=short_path(path.parent))} ({path.name} is missing): run "
+                           f"`rlhf-lab {stage} --out {out}` first, or `rlhf-lab run --out {out}` for every stage.")
+
+
 def stage_sft(out: Path, cfg, resume: bool) -> dict:
     from . import pipeline
     from .sft import RESULT_FILE, save_sft, train_sft
@@ -139,7 +263,8 @@ def stage_sft(out: Path, cfg, resume: bool) -> dict:
     path = pipeline.sft_adapter_path(out)
     if resume and (path / RESULT_FILE).is_file():
         print(f"[sft] done already: {short_path(path)}")
-        return json.loads((path / RESULT_FILE).read_text())
+        saved = read_json(path / RESULT_FILE, "SFT result")
+        return {k: v for k, v in saved.items() if k != "history"}  # as a fresh run's summary has it
     if (path / RESULT_FILE).is_file():
         raise LabError(f"{short_path(out)} already holds a run; pass --resume to continue it, or choose another --out.")
     result = train_sft(cfg, out_dir=path, progress=True)
@@ -161,26 +286,27 @@ def stage_sft(out: Path, cfg, resume: bool) -> dict:
     return result.summary()
 
 
-def stage_rank(out: Path, args, seed: int) -> dict:
+def stage_rank(out: Path, cfg, device) -> dict:
     from . import pipeline
     from .sft import load_sft
 
     path = pipeline.rankings_path(out)
-    n = args.n_rankings if args.n_rankings is not None else pipeline.N_RANKINGS[bool(args.fast)]
+    n = cfg.n_rankings
     have = pipeline.count_rankings(path)
     if have >= n:
         print(f"[rank] done already: {have} rankings in {short_path(path)}")
-        return {"rankings": have, "k": args.k, "seconds": 0.0}
+        return {"rankings": have, "k": cfg.k, "seconds": 0.0}
+    require_stages(out, "sft")
     start = time.time()
-    model, tokenizer = load_sft(pipeline.sft_adapter_path(out), device=args.device)
+    model, tokenizer = load_sft(pipeline.sft_adapter_path(out), device=device)
     prompts = None
-    if args.data not in (None, "tiny"):
+    if cfg.prompts not in (None, "tiny"):
         from .loading import load_prompts
-        prompts = load_prompts(args.data, "train")["prompt"]
-    pipeline.top_up_rankings(path, model, tokenizer, n, K=args.k, prompts=prompts, seed=seed)
+        prompts = load_prompts(cfg.prompts, "train")["prompt"]
+    pipeline.top_up_rankings(path, model, tokenizer, n, K=cfg.k, prompts=prompts, seed=cfg.seed)
     seconds = time.time() - start
-    print(f"[rank] simulated annotators ranked {n - have} prompts x {args.k} samples in {seconds:.0f} s")
-    return {"rankings": pipeline.count_rankings(path), "k": args.k, "seconds": seconds}
+    print(f"[rank] simulated annotators ranked {n - have} prompts x {cfg.k} samples in {seconds:.0f} s")
+    return {"rankings": pipeline.count_rankings(path), "k": cfg.k, "seconds": seconds}
 
 
 def stage_rm(out: Path, cfg, args, resume: bool) -> dict:
@@ -192,11 +318,12 @@ def stage_rm(out: Path, cfg, args, resume: bool) -> dict:
     path = pipeline.reward_model_path(out)
     if resume and (path / META_FILE).is_file():
         print(f"[rm] done already: {short_path(path)}")
-        return json.loads((path / META_FILE).read_text())["metrics"]
+        return read_json(path / META_FILE, "reward model's record")["metrics"]
+    require_stages(out, "sft", "rank")
     start = time.time()
     sft_path = pipeline.sft_adapter_path(out)
     policy, tokenizer = load_sft(sft_path, device=args.device)
-    base = json.loads((sft_path / "sft_config.json").read_text())["model"]
+    base = read_json(sft_path / "sft_config.json", "SFT config")["model"]
     cfg = dataclasses.replace(cfg, trunk=base, sft_adapter=str(sft_path))
     # whole prompts held out, then at most 2,000 training pairs: the same split as the notebooks
     train, held_out = pipeline.reward_model_pairs(load_preferences(pipeline.rankings_path(out)), cfg)
@@ -221,9 +348,10 @@ def stage_ppo(out: Path, cfg, args, resume: bool):
     ppo_dir = out / pipeline.PPO_DIR
     if resume and (ppo_dir / RESULT_FILE).is_file():
         print(f"[ppo] done already: {short_path(ppo_dir)}")
-        return json.loads((ppo_dir / RESULT_FILE).read_text()), None
+        return read_json(ppo_dir / RESULT_FILE, "PPO result"), None
+    require_stages(out, "sft", "rm")
     sft_path = pipeline.sft_adapter_path(out)
-    base = json.loads((sft_path / "sft_config.json").read_text())["model"]
+    base = read_json(sft_path / "sft_config.json", "SFT config")["model"]
     cfg = dataclasses.replace(cfg, sft=str(sft_path), reward_model=str(pipeline.reward_model_path(out)),
                               model=base, reward="rm", device=args.device)
     trainer = build_trainer(cfg, out_dir=ppo_dir, resume=resume, progress=True)
@@ -294,20 +422,20 @@ def run_pipeline(args) -> dict:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.resume and (out / "01_sft").exists():
         raise LabError(f"{out} already holds a run; pass --resume to continue it, or choose another --out.")
-    out.mkdir(parents=True, exist_ok=True)
     configs = _stage_configs(args)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.resume:
+        check_resume(args, out, configs, STAGES)
     seed = configs["ppo"].seed
     set_seed(seed)
-    (out / "configs").mkdir(exist_ok=True)
-    for name, cfg in configs.items():
-        save_config(cfg, out / "configs" / f"{name}.json")
+    _save_configs(out, configs, STAGES)
     start = time.time()
     device = pick_device(args.device)
     summary = {"model": configs["sft"].model, "seed": seed, "fast": bool(args.fast),
                "device": str(device), "precision": "bf16" if autocast_dtype(device) is not None else "fp32",
                "command": " ".join(["rlhf-lab"] + sys.argv[1:])}
     summary["sft"] = stage_sft(out, configs["sft"], args.resume)
-    summary["rankings"] = stage_rank(out, args, seed)
+    summary["rankings"] = stage_rank(out, configs["rank"], args.device)
     rm = stage_rm(out, configs["rm"], args, args.resume)
     summary["reward_model"] = {"heldout_accuracy": rm["gold_accuracy"], **{k: v for k, v in rm.items()
                                                                           if isinstance(v, (int, float))}}
@@ -315,7 +443,7 @@ def run_pipeline(args) -> dict:
     summary["ppo"] = ppo
     if trainer is None:  # PPO was finished earlier: reload it for the samples
         from .ppo import build_trainer
-        cfg = dataclasses.replace(configs["ppo"], **json.loads((out / "04_ppo" / "ppo_config.json").read_text()))
+        cfg = dataclasses.replace(configs["ppo"], **read_json(out / "04_ppo" / "ppo_config.json", "PPO config"))
         trainer = build_trainer(cfg, out_dir=out / "04_ppo", resume=True, progress=False)
     samples = before_after_samples(out, trainer, n_prompts=16 if args.fast else 64, seed=seed)
     summary["seconds"] = time.time() - start
@@ -327,35 +455,119 @@ def run_pipeline(args) -> dict:
     return summary
 
 
+def run_stage(args) -> None:
+    """One stage (sft, rank or label, rm, ppo) into --out."""
+    stage = {"label": "rank"}.get(args.command, args.command)
+    out = Path(args.out)
+    configs = _stage_configs(args)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.resume:
+        check_resume(args, out, configs, (stage,))
+    _save_configs(out, configs, (stage,))
+    if stage == "sft":
+        stage_sft(out, configs["sft"], args.resume)
+    elif stage == "rank":
+        stage_rank(out, configs["rank"], args.device)
+    elif stage == "rm":
+        stage_rm(out, configs["rm"], args, args.resume)
+    elif stage == "ppo":
+        stage_ppo(out, configs["ppo"], args, args.resume)
+
+
+# -----------------------------------------------------------------------------
+# the one place where an error becomes the line a user sees
+
+_DISK_PROBLEMS = {  # errno: (what happened, what to do)
+    errno.ENOSPC: ("no space left on the disk", "free some space (df -h shows where) or choose another --out, "
+                   "then run the same command with --resume"),
+    errno.EDQUOT: ("your disk quota is used up", "free some space or choose another --out, then run the same "
+                   "command with --resume"),
+    errno.EROFS: ("the disk is read-only", "choose an --out on a disk you can write to"),
+    errno.EACCES: ("permission denied", "choose an --out you can write to, or check the file's permissions"),
+    errno.EPERM: ("permission denied", "choose an --out you can write to, or check the file's permissions"),
+    errno.ENOENT: ("no such file or folder", "check the path"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "check the path"),
+    errno.EISDIR: ("it is a folder, not a file", "name the file inside it"),
+    errno.ENAMETOOLONG: ("the name is too long", "choose a shorter path"),
+}
+
+
+def _os_error_of(err: BaseException) -> tuple[int, str | None] | None:
+    """(errno, file) if `err` is, or wraps, an operating-system error (safetensors' Rust writer reports a
+    full disk as "... (os error 28)"), else None."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno is not None:
+            return err.errno, err.filename
+        found = re.search(r"os error (\d+)", str(err))
+        if found:
+            return int(found.group(1)), None
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def user_message(err: BaseException, out: str | None = None) -> tuple[str, int]:
+    """(the one line to show, the exit code) for an exception that ended a command."""
+    if isinstance(err, ConfigError) and err.fields and "(option" not in str(err):
+        prefix = {cls.__name__: prefix for cls, prefix in _configs().values()}.get(err.config)
+        if prefix is not None:  # a config rule found at run time (e.g. max_length against the model)
+            flags = ", ".join(flag_of(prefix, name) for name in err.fields)
+            return " ".join(f"{err} (option {flags})".split()), 2
+    if isinstance(err, LabError):
+        return " ".join(str(err).split()), 2  # one line, however the message was wrapped
+    os_error = _os_error_of(err)
+    if os_error is not None:
+        code, filename = os_error
+        what, fix = _DISK_PROBLEMS.get(code, (os.strerror(code).lower(), "check the path and the disk"))
+        where = short_path(filename) if filename else f"while writing into {out}" if out else "while reading or writing"
+        return f"{where}: {what}; {fix}.", 2
+    first = " ".join(str(err).split())[:200]
+    return (f"internal error ({type(err).__name__}: {first}). This is a bug in rlhf-lab, not something you did: "
+            "run the same command with --debug (or RLHF_LAB_DEBUG=1) to see the traceback, and report it."), 1
+
+
+def _close_progress_bars() -> None:
+    """End any progress bar's line first, so that the error starts a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None, _show=warnings.showwarning):
+    """The lab's own warnings as one line each ("rlhf-lab: warning: ..."); other libraries' as usual."""
+    if not str(filename).startswith(str(PACKAGE_DIR)):
+        return _show(message, category, filename, lineno, file, line)
+    print(f"rlhf-lab: warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
+
+
+def _debug(args) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get("RLHF_LAB_DEBUG", "").strip().lower() in (
+        "1", "true", "yes", "on")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.precision is not None:
-            set_precision(args.precision)
-        if args.command == "run":
-            run_pipeline(args)
+    args = build_parser().parse_args(argv)  # a bad option: one line and exit 2 (_Parser.error)
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        try:
+            if args.precision is not None:
+                set_precision(args.precision)
+            if args.command == "run":
+                run_pipeline(args)
+            else:
+                run_stage(args)
             return 0
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        configs = _stage_configs(args)
-        if args.command == "sft":
-            stage_sft(out, configs["sft"], args.resume)
-        elif args.command in ("rank", "label"):
-            stage_rank(out, args, configs["ppo"].seed)
-        elif args.command == "rm":
-            stage_rm(out, configs["rm"], args, args.resume)
-        elif args.command == "ppo":
-            stage_ppo(out, configs["ppo"], args, args.resume)
-        return 0
-    except LabError as err:
-        print(f"rlhf-lab: error: {err}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as err:
-        print(f"rlhf-lab: error: {err.filename or err}: no such file; check the path.", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("rlhf-lab: interrupted; continue with the same command and --resume.", file=sys.stderr)
-        return 130
+        except KeyboardInterrupt:
+            _close_progress_bars()
+            print("rlhf-lab: interrupted; continue with the same command and --resume.", file=sys.stderr)
+            return 130
+        except Exception as err:
+            if _debug(args):
+                raise
+            message, code = user_message(err, args.out)
+            _close_progress_bars()
+            print(f"rlhf-lab: error: {message}", file=sys.stderr)
+            return code
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .utils import autocast, set_seed
+from .utils import ConfigError, LabError, autocast, set_seed
 
 
 @dataclass
@@ -38,6 +38,40 @@ def first_eos_mask(response: torch.Tensor, eos_token_id: int) -> tuple[torch.Ten
     return (eos_before == 0).long(), ended
 
 
+def model_positions(model) -> int | None:
+    """How many token positions the model has (GPT-2: n_positions), or None if its config does not say."""
+    config = getattr(model, "config", None)  # a PeftModel passes its base model's config through
+    for name in ("n_positions", "max_position_embeddings"):
+        n = getattr(config, name, None)
+        if isinstance(n, int):
+            return n
+    return None
+
+
+def check_fits(model, tokenizer, prompts: list[str], max_new_tokens: int, config: str = "") -> None:
+    """Refuse, before any sampling, prompts the model cannot continue: an empty one (nothing to continue
+    from), or one so long that it and max_new_tokens overrun the model's positions (an IndexError deep in
+    the position embedding otherwise). config: the config whose max_new_tokens this is, for the message."""
+    if not prompts:
+        return
+    lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]]
+    for i, n in enumerate(lengths):
+        if n == 0:
+            raise LabError(f"prompt {i} of {len(prompts)} is empty: the model needs at least one token to continue. "
+                           "Remove empty prompts from the data.")
+    n_positions = model_positions(model)
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    if n_positions is not None and lengths[longest] + max_new_tokens > n_positions:
+        room_for_prompt, room_for_new = n_positions - max_new_tokens, n_positions - lengths[longest]
+        fixes = ([f"shorten the prompts to at most {room_for_prompt} tokens"] if room_for_prompt >= 1 else []) + \
+                ([f"lower max_new_tokens to {room_for_new} or less"] if room_for_new >= 1 else [])
+        fix = ", or ".join(fixes) or f"shorten the prompts to fewer than {n_positions} tokens and lower max_new_tokens"
+        message = (f"the prompt {prompts[longest][:40]!r} is {lengths[longest]} tokens long, and with "
+                   f"max_new_tokens={max_new_tokens} that makes {lengths[longest] + max_new_tokens} positions, "
+                   f"more than the model's {n_positions} (n_positions): {fix}.")
+        raise ConfigError(message, config, ("max_new_tokens",)) if config else LabError(message)
+
+
 def encode_prompts(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
     """(query, query_mask) # (B, Tq): prompts left-padded, so every prompt ends where generation starts."""
     old_side = tokenizer.padding_side
@@ -58,6 +92,7 @@ def generate_tokens(model, tokenizer, prompts: list[str], max_new_tokens: int = 
     Sampling follows RLHF practice: the full distribution (top_k 0, top_p 1) at `temperature`
     (Ziegler et al. 2019); whoever scores log-probs later must divide logits by the same temperature.
     """
+    check_fits(model, tokenizer, prompts, max_new_tokens)
     query, query_mask = encode_prompts(tokenizer, prompts, next(model.parameters()).device)  # (B, Tq)
     with autocast(query.device):  # bf16 on a GPU that has it (utils.autocast)
         out = model.generate(

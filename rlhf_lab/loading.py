@@ -50,6 +50,9 @@ def _explain_load_error(name: str, what: str, err: Exception) -> LabError:
     """Turn whatever from_pretrained raised into one sentence a learner can act on."""
     path = Path(name)
     reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+    if path.exists() and what == "dataset":
+        return LabError(f"Could not load the dataset {path} ({reason}). Check that it is a data file (.jsonl, "
+                        ".json, .csv, .txt, .parquet) or a folder of them, with a column of texts.")
     if path.exists():
         return LabError(f"Could not load the {what} from the local folder {path}: its files are missing or "
                         f"corrupted ({reason}). Save it again with save_pretrained(), or load name='tiny'.")
@@ -71,6 +74,21 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return True
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def quiet_datasets_log():
+    """datasets logs its own line for a file it cannot parse ("Failed to load JSON from file ...") and
+    for a folder without a card; the lab says what went wrong itself, in one line, so those stay quiet."""
+    import logging
+
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -161,23 +179,59 @@ def load_model(name: str | Path = TINY, device: str | torch.device | None = "aut
 # datasets
 
 
+def _data_suffix(path: Path) -> str:
+    """.jsonl for x.jsonl and x.jsonl.gz: what the file holds, under any compression."""
+    suffixes = [x.lower() for x in path.suffixes]
+    return suffixes[-2] if len(suffixes) > 1 and suffixes[-1] == ".gz" else path.suffix.lower()
+
+
 def _load_local_dataset(path: Path, split: str) -> datasets.Dataset:
-    """A data file (.jsonl, .json, .csv, .txt, .parquet) or a folder of them, or a save_to_disk folder."""
+    """A data file (.jsonl, .json, .csv, .txt, .parquet, each maybe .gz) or a folder of them, or a
+    save_to_disk folder. A bad line in a JSON file is named (file and line), not left to pyarrow."""
     import datasets
+
+    from .preferences import DATA_SUFFIXES
 
     if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
         with quiet_progress():
             loaded = datasets.load_from_disk(str(path))
         return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
     if path.is_file():
-        suffix = path.suffix.lower()
+        suffix = _data_suffix(path)
         builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".txt": "text", ".parquet": "parquet"}.get(suffix)
         if builder is None:
-            raise LabError(f"{path}: unknown data file type {suffix!r}; use .jsonl, .json, .csv, .txt or .parquet.")
-        with quiet_progress():
-            return datasets.load_dataset(builder, data_files=str(path), split="train")
-    with quiet_progress():
-        return datasets.load_dataset(str(path), split=split)  # a folder of data files, as on the hub
+            raise LabError(f"{path}: unknown data file type {suffix!r}; use .jsonl, .json, .csv, .txt or .parquet "
+                           "(each may be .gz-compressed).")
+        try:
+            with quiet_progress(), quiet_datasets_log():
+                return datasets.load_dataset(builder, data_files=str(path), split="train")
+        except Exception as err:
+            if builder == "json":
+                _explain_bad_json(path)  # names the file and the line, if a line is to blame
+            raise _explain_load_error(str(path), "dataset", err) from None
+    data_files = [p for p in path.rglob("*") if p.is_file() and _data_suffix(p) in DATA_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+    if not data_files:
+        found = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
+        raise LabError(f"{path} holds no data files (it has: {found}); the lab reads .jsonl, .json, .csv, .txt or "
+                       ".parquet files (each may be .gz), or a folder written by Dataset.save_to_disk. Put the "
+                       "data there, or pass the data file itself.")
+    try:
+        with quiet_progress(), quiet_datasets_log():
+            return datasets.load_dataset(str(path), split=split)  # a folder of data files, as on the hub
+    except Exception as err:
+        raise _explain_load_error(str(path), "dataset", err) from None
+
+
+def _explain_bad_json(path: Path) -> None:
+    """Raise the LabError of the first record that is not a JSON object, naming the file and line;
+    return quietly if every record is one (then the original error stands)."""
+    from .preferences import read_records
+
+    for where, record in read_records(path):  # raises for invalid JSON, naming the line
+        if not isinstance(record, dict):
+            raise LabError(f"{path}, {where}: a record must be a JSON object {{\"text\": ...}}, not a "
+                           f"{type(record).__name__}; fix or delete that line.")
 
 
 def _load_hub_dataset(name: str, split: str) -> datasets.Dataset:

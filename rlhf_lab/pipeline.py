@@ -12,10 +12,14 @@ same place (so the next notebook finds it), with one printed line that says so.
 from __future__ import annotations
 
 import json
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from .utils import run_dir, short_path
+from .config_args import Count, Range, Seed, check_config
+from .utils import read_json, run_dir, short_path
 
 SFT_DIR, RANKINGS_DIR, REWARD_DIR, PPO_DIR = "01_sft", "02_rankings", "03_reward_model", "04_ppo"
 K_DEFAULT = 4  # samples ranked per prompt: InstructGPT ranked K = 4..9; 4 keeps a ranking quick for a person
@@ -23,6 +27,20 @@ N_RANKINGS = {False: 400, True: 60}  # full: 400 x 6 = 2,400 pairs: 15% of promp
 # capped at MAX_PAIRS; FAST: seconds
 MAX_PAIRS = 2_000  # training pairs at most: the lab's budget (Ziegler et al. used ~5,000 comparisons)
 N_NORMALISE = {False: 512, True: 64}  # SFT samples for the reward normalisation (mean 0, std 1)
+
+
+@dataclass
+class RankConfig:
+    """The rank stage of the command line: simulated annotators rank K samples of each prompt."""
+
+    k: Annotated[int, Range(2, 9)] = K_DEFAULT  # samples ranked per prompt (InstructGPT: 4 to 9; the widget
+    # shows at most 9, one digit key per card)
+    n_rankings: Count | None = None  # rankings the file should hold (None: 400, about 2,000 pairs; --fast: 60)
+    seed: Seed = 0  # sampling and the simulated annotators' noise
+    prompts: str = "tiny"  # the prompts to sample: "tiny", a hub dataset or a local file
+
+    def __post_init__(self):
+        check_config(self)
 
 
 def sft_adapter_path(root: str | Path | None = None) -> Path:
@@ -94,31 +112,71 @@ def top_up_rankings(path: str | Path, model, tokenizer, n_rankings: int, K: int 
     Prompts already in the file and exclude_prompts (e.g. the learner's, still waiting in the widget)
     are not used. The annotators take turns, as a team of labelers would; each record names its
     annotator. Returns the new records.
+
+    The top-up first writes its plan (the prompts and the sampling seed) beside the file. If it is
+    killed, the next call with the same n_rankings, K and seed carries out that plan instead of making
+    a new one: the same samples, ranked by the same annotators, the ones already in the file skipped.
+    So an interrupted top-up ends with exactly the file an uninterrupted one would have written.
     """
     from .annotators import default_panel
     from .loading import load_prompts
     from .rankings import RankingStore, rank_with
 
     store = RankingStore(path)
-    missing = n_rankings - count_rankings(path)
-    if missing <= 0:
+    plan_path = top_up_plan_path(path)
+    have = count_rankings(path)
+    if have >= n_rankings:
+        plan_path.unlink(missing_ok=True)  # a plan whose top-up finished, killed before it could tidy up
         return []
     annotators = annotators if annotators is not None else default_panel(seed)
-    if prompts is None:
-        prompts = load_prompts("tiny", split="train")["prompt"]
-    used = {r["prompt"] for r in store.records()} | set(exclude_prompts)
-    fresh = [p for p in dict.fromkeys(prompts) if p not in used][:missing]  # each prompt once
-    items = sample_items(model, tokenizer, fresh, K=K, seed=seed + count_rankings(path))
+    plan = _unfinished_plan(plan_path, n_rankings, K, seed, exclude_prompts)
+    if plan is None:
+        if prompts is None:
+            prompts = load_prompts("tiny", split="train")["prompt"]
+        used = {r["prompt"] for r in store.records()} | set(exclude_prompts)
+        fresh = [p for p in dict.fromkeys(prompts) if p not in used][:n_rankings - have]  # each prompt once
+        plan = {"n_rankings": n_rankings, "K": K, "seed": seed, "sample_seed": seed + have, "prompts": fresh}
+        _write_plan(plan_path, plan)
+    items = sample_items(model, tokenizer, plan["prompts"], K=K, seed=plan["sample_seed"])
     records = []
-    for n, item in enumerate(items):
+    for n, item in enumerate(items):  # rank_with leaves alone what an interrupted top-up ranked already
         annotator = annotators[n % len(annotators)]
         records += rank_with(annotator, [item], store, annotator_name=f"simulated:{annotator.name}")
+    plan_path.unlink(missing_ok=True)
     return records
+
+
+def top_up_plan_path(path: str | Path) -> Path:
+    """Where top_up_rankings keeps its plan while it runs: rankings.jsonl -> rankings.jsonl.top-up.json."""
+    path = Path(path)
+    return path.with_name(path.name + ".top-up.json")
+
+
+def _unfinished_plan(plan_path: Path, n_rankings: int, K: int, seed: int, exclude_prompts) -> dict | None:
+    """The plan of an interrupted top-up with the same settings, or None (none, or other settings)."""
+    if not plan_path.is_file():
+        return None
+    plan = read_json(plan_path, "top-up plan")
+    same = (plan.get("n_rankings"), plan.get("K"), plan.get("seed")) == (n_rankings, K, seed)
+    if not same or set(plan.get("prompts", [])) & set(exclude_prompts):
+        return None
+    return plan
+
+
+def _write_plan(plan_path: Path, plan: dict) -> None:
+    """Write the plan whole or not at all (a temporary file, fsynced, then renamed over the old one)."""
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = plan_path.with_name(plan_path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(plan, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, plan_path)
 
 
 def ensure_rankings(root: str | Path | None = None, fast: bool = True, K: int = K_DEFAULT,
                     n_rankings: int | None = None, seed: int = 0) -> Path:
-    """runs/02_rankings/rankings.jsonl with at least n_rankings rankings (default: 340 full, 60 FAST);
+    """runs/02_rankings/rankings.jsonl with at least n_rankings rankings (default: 400 full, 60 FAST);
     the simulated annotators top it up from the SFT model's samples if it holds fewer."""
     path = rankings_path(root)
     n_rankings = n_rankings if n_rankings is not None else N_RANKINGS[bool(fast)]

@@ -36,15 +36,18 @@ All the math is in ppo_math.py (pure functions, tested on hand-made tensors); th
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import math
 import random
 import shutil
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Annotated, Callable, Protocol
 
 import numpy as np
 import torch
@@ -52,7 +55,9 @@ from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .generation import Rollout, decode_responses, encode_prompts, first_eos_mask
+from .config_args import (Count, Device, Finite, Fraction, NonNegative, OneOf, Positive, Range, Seed,
+                          check_config)
+from .generation import Rollout, check_fits, decode_responses, encode_prompts, first_eos_mask
 from .gold import gold_scores
 from .ppo_math import (
     AdaptiveKLController,
@@ -69,7 +74,8 @@ from .ppo_math import (
     value_loss,
 )
 from .reward_model import using_adapter
-from .utils import LabError, autocast, config_to_dict, pick_device, save_config, set_seed
+from .utils import (ConfigError, LabError, TrainingDiverged, autocast, config_to_dict, pick_device, reading_saved,
+                    save_config, set_seed)
 
 POLICY = "policy"  # the policy's adapter name on the shared trunk
 REWARD = "reward"  # the reward model's adapter name (reward_model.ADAPTER_NAME)
@@ -91,54 +97,79 @@ class PPOConfig:
     # models and data
     model: str = "tiny"  # the pretrained model under the SFT adapter (the "base" of comparisons)
     sft: str | None = None  # SFT adapter folder, merged into the trunk; None: pipeline.ensure_sft()
-    reward: str = "rm"  # "rm": the stage-2 reward model; "gold": the gold labeler itself (to tune
-    # PPO, and to tell reward-model errors from PPO errors)
+    reward: Annotated[str, OneOf("rm", "gold")] = "rm"  # "rm": the stage-2 reward model; "gold": the gold
+    # labeler itself (to tune PPO, and to tell reward-model errors from PPO errors)
     reward_model: str | None = None  # reward-model folder; None: pipeline.ensure_reward_model()
     prompts: str = "tiny"  # the observations: loading.load_prompts(prompts, "train"); eval on "validation"
     # rollouts
-    steps: int = 40  # PPO updates: 40 x 64 = 2,560 episodes; the gold score has flattened by then
-    batch_size: int = 64  # episodes per update (TRL's sentiment notebook: 128); 64 keeps steps short on a CPU
-    max_new_tokens: int = 48  # the SFT model's reviews end after ~30 tokens; 48 leaves room to finish
-    temperature: float = 1.0  # sampling temperature; log-probs divide the logits by it too (N details)
-    no_eos_score: float | None = -1.0  # normalised score of a response that never reaches EOS (Ziegler
+    steps: Count = 40  # PPO updates: 40 x 64 = 2,560 episodes; the gold score has flattened by then
+    batch_size: Count = 64  # episodes per update (TRL's sentiment notebook: 128); 64 keeps steps short on a CPU
+    max_new_tokens: Count = 48  # the SFT model's reviews end after ~30 tokens; 48 leaves room to finish
+    temperature: Positive = 1.0  # sampling temperature; log-probs divide the logits by it too (N details)
+    no_eos_score: Finite | None = -1.0  # normalised score of a response that never reaches EOS (Ziegler
     # et al. used -1: a fixed low score, so the policy cannot please the reward model by never stopping)
     normalize_scores: bool = True  # scores of the initial policy's samples: mean 0, std 1 (Ziegler et al.
     # 2019); the stage-2 RM is normalised on SFT samples already, other rewards get a gain and bias here
-    norm_episodes: int = 256  # samples of the initial policy that fit that gain and bias (when needed)
+    norm_episodes: Annotated[int, Range(2)] = 256  # samples of the initial policy that fit that gain and bias
     # the KL penalty
-    kl_coef: float = 0.15  # beta at the start (Ziegler et al. 2019's stylistic tasks)
+    kl_coef: NonNegative = 0.15  # beta at the start (Ziegler et al. 2019's stylistic tasks)
     adaptive_kl: bool = True  # move beta towards kl_target (Ziegler et al. 2019, 2.2); False: beta fixed
-    kl_target: float = 4.0  # nats per response the controller aims at: Ziegler et al. used 6; here the gold
+    kl_target: Positive = 4.0  # nats per response the controller aims at: Ziegler et al. used 6; here the gold
     # score gains little beyond ~4 nats, and held-out KL runs up to ~1.5 nats above the batch KL (a heavy
     # tail), so 4 keeps runs under the lab's bar of 6 nats
-    kl_horizon: int = 256  # episodes over which a 20% error moves beta by 20%: Ziegler et al. used 10,000
+    kl_horizon: Count = 256  # episodes over which a 20% error moves beta by 20%: Ziegler et al. used 10,000
     # for runs of ~1M episodes; ours have ~2,500, so beta must follow the KL within a few updates
-    kl_kind: str = "k1"  # per-token estimator in the reward: k1 = log pi - log pi_ref (Ziegler et al.)
+    kl_kind: Annotated[str, OneOf("k1", "k2", "k3")] = "k1"  # per-token KL estimator in the reward: k1 =
+    # log pi - log pi_ref (Ziegler et al.); k2, k3: http://joschu.net/blog/kl-approx.html
+    kl_bound: Positive | None = None  # nats per response; a batch past it warns (None: 3 x kl_target)
+    # the adaptive controller holds the KL near its target, so 3x means PPO is running away from the SFT model
+    stop_at_kl_bound: bool = False  # stop the run at kl_bound instead of warning (a fixed beta = 0 may
+    # drift far on purpose, a lesson in itself, so the default only warns)
     # PPO
-    ppo_epochs: int = 4  # passes over each batch (Ziegler et al. 2019; N details)
-    minibatch_size: int = 32  # episodes per gradient step: 2 minibatches x 4 epochs = 8 steps per update
-    micro_batch_size: int | None = None  # episodes per forward/backward pass inside a minibatch (gradient
+    ppo_epochs: Count = 4  # passes over each batch (Ziegler et al. 2019; N details)
+    minibatch_size: Count = 32  # episodes per gradient step: 2 minibatches x 4 epochs = 8 steps per update
+    micro_batch_size: Count | None = None  # episodes per forward/backward pass inside a minibatch (gradient
     # accumulation, the same update): less activation memory; None: the whole minibatch in one pass
-    clip_range: float = 0.2  # PPO's epsilon for the policy ratio (Schulman et al. 2017; N details)
-    clip_range_value: float = 0.2  # how far a value may move from its rollout value (N details)
-    vf_coef: float = 0.1  # weight of the value loss; small, as value and policy share the trunk (N details)
-    gamma: float = 1.0  # no discounting within a response (Ziegler et al. 2019)
-    lam: float = 0.95  # GAE lambda (Ziegler et al. 2019; N details)
+    clip_range: Positive = 0.2  # PPO's epsilon for the policy ratio (Schulman et al. 2017; N details)
+    clip_range_value: Positive = 0.2  # how far a value may move from its rollout value (N details)
+    vf_coef: NonNegative = 0.1  # weight of the value loss; small, as value and policy share the trunk (N
+    # details)
+    gamma: Fraction = 1.0  # no discounting within a response (Ziegler et al. 2019)
+    lam: Fraction = 0.95  # GAE lambda (Ziegler et al. 2019; N details)
     whiten_advantages: bool = True  # zero mean, unit variance per batch (N details)
-    lr: float = 1e-3  # Adam on LoRA and the value head; LoRA takes larger steps than full fine-tuning
-    adam_eps: float = 1e-5  # CleanRL's and lm-human-preferences' Adam epsilon
-    max_grad_norm: float = 1.0  # clip the global gradient norm (N details: 1.0 in TRL's PPO)
+    lr: Positive = 1e-3  # Adam on LoRA and the value head; LoRA takes larger steps than full fine-tuning
+    adam_eps: Positive = 1e-5  # CleanRL's and lm-human-preferences' Adam epsilon
+    max_grad_norm: Positive = 1.0  # clip the global gradient norm (N details: 1.0 in TRL's PPO)
     # the policy's LoRA (Hu et al. 2021)
-    r: int = 8  # LoRA rank, as for SFT and the reward model
-    lora_alpha: float = 16.0  # update scale alpha / r = 2, as for SFT
+    r: Count = 8  # LoRA rank, as for SFT and the reward model
+    lora_alpha: Positive = 16.0  # update scale alpha / r = 2, as for SFT
     target_modules: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")  # GPT-2's Conv1D layers
     fused_gelu: bool = True  # run GPT-2's gelu_new as torch's one fused op (the same function to ~1e-6):
     # the Python formula keeps several intermediate tensors per MLP for the backward pass, the fused op one
     # bookkeeping
-    seed: int = 0  # LoRA init, prompt order, sampling: same seed, same run
-    checkpoint_every: int = 10  # steps between checkpoints (resume=True continues from the last one)
-    eval_prompts: int = 256  # held-out prompts sampled by SFT and PPO for the final comparison
-    device: str = "auto"  # CUDA, then MPS, then CPU
+    seed: Seed = 0  # LoRA init, prompt order, sampling: same seed, same run
+    checkpoint_every: Count = 10  # steps between checkpoints (resume=True continues from the last one)
+    eval_prompts: Annotated[int, Range(2)] = 256  # held-out prompts sampled by SFT and PPO to compare them
+    device: Device = "auto"  # CUDA, then MPS, then CPU
+
+    def __post_init__(self):
+        check_config(self)  # each field within its range (PPOConfig(steps=0) is refused), then check()
+
+    def check(self) -> None:
+        """The rules between fields."""
+        if self.batch_size % self.minibatch_size:
+            raise ConfigError(f"batch_size={self.batch_size} is not a multiple of minibatch_size="
+                              f"{self.minibatch_size}; choose sizes that divide (e.g. 64 and 32).", "PPOConfig",
+                              ("batch_size", "minibatch_size"))
+        if self.micro_batch_size is not None and self.micro_batch_size > self.minibatch_size:
+            raise ConfigError(f"micro_batch_size={self.micro_batch_size} must lie between 1 and minibatch_size="
+                              f"{self.minibatch_size} (None: the whole minibatch in one pass).", "PPOConfig",
+                              ("micro_batch_size", "minibatch_size"))
+
+    @property
+    def kl_bound_value(self) -> float:
+        """The KL (nats per response) past which a batch warns or stops the run."""
+        return self.kl_bound if self.kl_bound is not None else 3.0 * self.kl_target
 
 
 def ppo_config(fast: bool = False, **overrides) -> PPOConfig:
@@ -147,11 +178,18 @@ def ppo_config(fast: bool = False, **overrides) -> PPOConfig:
     cfg = PPOConfig(steps=12, batch_size=32, minibatch_size=16, eval_prompts=128, norm_episodes=128,
                     checkpoint_every=4) if fast else PPOConfig()
     names = {f.name for f in fields(PPOConfig)}
-    for key, value in overrides.items():
+    for key in overrides:
         if key not in names:
             raise LabError(f"PPOConfig has no field {key!r}; the fields are {sorted(names)}.")
-        setattr(cfg, key, value)
-    return cfg
+    return dataclasses.replace(cfg, **overrides)  # checked again, with the overrides
+
+
+class KLBoundWarning(UserWarning):
+    """KL(policy || SFT) passed PPOConfig.kl_bound (once a run; warnings.filterwarnings can silence it)."""
+
+
+BLOW_UP_ADVICE = ("The policy's update blew up: try a lower lr (--ppo-lr), a lower max_grad_norm, or a larger "
+                  "kl_coef; bf16 runs may need --precision fp32.")
 
 
 # -----------------------------------------------------------------------------
@@ -437,12 +475,7 @@ class PPOTrainer:
         if not isinstance(model, PeftModel) or POLICY not in model.peft_config:
             raise LabError(f"PPOTrainer needs a PeftModel with the adapter {POLICY!r}: wrap the SFT trunk "
                            "with add_policy_adapter(trunk, cfg) first.")
-        if cfg.batch_size % cfg.minibatch_size:
-            raise LabError(f"batch_size={cfg.batch_size} is not a multiple of minibatch_size="
-                           f"{cfg.minibatch_size}; choose sizes that divide (e.g. 64 and 32).")
-        if cfg.micro_batch_size is not None and not 0 < cfg.micro_batch_size <= cfg.minibatch_size:
-            raise LabError(f"micro_batch_size={cfg.micro_batch_size} must lie between 1 and minibatch_size="
-                           f"{cfg.minibatch_size} (None: the whole minibatch in one pass).")
+        check_config(cfg)  # again: a field may have been set after the config was made
         if len(prompts) < 1:
             raise LabError("PPOTrainer got no prompts; check cfg.prompts.")
         self.cfg = cfg
@@ -450,8 +483,10 @@ class PPOTrainer:
         self.tokenizer = tokenizer
         self.reward = reward
         self.prompts = list(prompts)
+        check_fits(model, tokenizer, self.prompts, cfg.max_new_tokens, config="PPOConfig")  # not at step 37
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.device = next(model.parameters()).device
+        self._kl_warned = False  # the KL bound warns once a run
 
         set_seed(cfg.seed)
         model.set_adapter(POLICY)  # the policy active and trainable; every other adapter frozen
@@ -491,6 +526,7 @@ class PPOTrainer:
     @torch.no_grad()
     def sample(self, prompts: list[str], adapter: str | None = POLICY) -> tuple[Rollout, list[str]]:
         """Sample one response per prompt (policy by default; None: the reference) with the KV cache."""
+        check_fits(self.model, self.tokenizer, prompts, self.cfg.max_new_tokens, config="PPOConfig")
         with use_adapter(self.model, adapter):
             rollout = sample_responses(self.model, self.tokenizer, prompts, self.cfg.max_new_tokens,
                                        self.cfg.temperature)
@@ -515,6 +551,9 @@ class PPOTrainer:
             rollout, completions = self.sample(prompts)
             scores.append(self.reward.score(prompts, completions, rollout).float().cpu())
         scores = torch.cat(scores)  # (n,)
+        self._stop_if_not_finite(scores, f"the reward's scores ({self.reward.name}) of the initial policy's "
+                                 "samples", "Check the reward function (a division by zero? a log of 0?).",
+                                 when="before training, fitting the score normalisation")
         std = scores.std().item()
         if not std > 1e-8:
             raise LabError("every sample of the initial policy got the same score, so there is nothing to "
@@ -565,6 +604,7 @@ class PPOTrainer:
         mask = batch.mask
         B = mask.shape[0]
         rollout_seconds = time.perf_counter() - start
+        self._check_rollout(batch)
 
         # 2. rewards and advantages ------------------------------------------------------------------
         kl_coef = self.kl_ctl.value
@@ -597,10 +637,15 @@ class PPOTrainer:
                     vf_loss, vf_stats = value_loss(vpred, batch.values[inds], returns[inds], mask[inds],
                                                    cfg.clip_range_value)
                     loss = pg_loss + cfg.vf_coef * vf_loss
+                    for name, value in (("the policy loss (pg_loss)", pg_loss), ("the value loss (vf_loss)", vf_loss)):
+                        self._stop_if_not_finite(value, name, BLOW_UP_ADVICE, where=f", PPO epoch {epoch + 1}")
                     (loss * share).backward()
                     parts.append((share.item(), {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item()}
                                   | {k: v.item() for k, v in (pg_stats | vf_stats).items()}))
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                # an optimizer step on a NaN gradient would make every weight NaN: stop before it
+                self._stop_if_not_finite(grad_norm, "the gradient norm", BLOW_UP_ADVICE,
+                                         where=f", PPO epoch {epoch + 1}")
                 self.optimizer.step()
                 stats = {k: sum(w * p[k] for w, p in parts) for k in parts[0][1]}  # token-weighted means
                 stats["ratio_max"] = max(p["ratio_max"] for _, p in parts)
@@ -609,6 +654,7 @@ class PPOTrainer:
 
         # 4. the KL controller -----------------------------------------------------------------------
         mean_kl = kl.sum(1).mean().item()  # nats per response, summed over its tokens
+        self._check_kl(mean_kl)
         self.kl_ctl.update(mean_kl, B)
         self.step_count += 1
 
@@ -651,6 +697,53 @@ class PPOTrainer:
             with open(self.out_dir / METRICS_FILE, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
         return metrics
+
+    # --- a run that goes wrong stops, or warns, in words -------------------------------------------
+
+    def _stop_if_not_finite(self, values, name: str, advice: str, where: str = "", when: str | None = None) -> None:
+        """Stop the run if `values` holds NaN or inf, naming the quantity, the step and what to try:
+        left alone, one NaN spreads into every weight and the run ends in nonsense, with exit code 0."""
+        values = torch.as_tensor(values).detach()
+        bad = ~torch.isfinite(values)
+        if bool(bad.any()):
+            when = when or f"at step {self.step_count + 1} of {self.cfg.steps}{where}"
+            count = f"{int(bad.sum())} of {values.numel()} values are" if values.numel() > 1 else "it is"
+            raise TrainingDiverged(f"PPO stopped {when}: {name} is not a finite number ({count} NaN or "
+                                   f"infinite). {advice}")
+
+    def _check_rollout(self, batch: Batch) -> None:
+        """The rollout's numbers must be finite before anything learns from them."""
+        bad = (~torch.isfinite(batch.raw_scores)).nonzero().flatten().tolist()
+        example = (f" (e.g. for the response {batch.completions[bad[0]][:40]!r} to the prompt "
+                   f"{batch.prompts[bad[0]][:40]!r})") if bad else ""
+        self._stop_if_not_finite(batch.raw_scores, f"the reward ({self.reward.name}){example}",
+                                 "Check the reward function (a division by zero? a log of 0?); PPO cannot learn "
+                                 "from such scores.")
+        mask = batch.mask.bool()
+        self._stop_if_not_finite(batch.logprobs[mask], "the policy's log-probs", BLOW_UP_ADVICE)
+        self._stop_if_not_finite(batch.values[mask], "the value head's values", BLOW_UP_ADVICE)
+        self._stop_if_not_finite(batch.ref_logprobs[mask], "the reference (SFT) model's log-probs",
+                                 "The SFT adapter is damaged: train SFT again.")
+
+    def _check_kl(self, mean_kl: float) -> None:
+        """KL(policy || SFT) past the bound: a warning once a run, or the end of it (stop_at_kl_bound)."""
+        self._stop_if_not_finite(mean_kl, "the KL to the SFT model", BLOW_UP_ADVICE)
+        cfg, bound = self.cfg, self.cfg.kl_bound_value
+        if mean_kl <= bound:
+            return
+        source = "kl_bound" if cfg.kl_bound is not None else "3 x kl_target"
+        message = (f"step {self.step_count + 1} of {cfg.steps}: KL(policy || SFT) is {mean_kl:.1f} nats per "
+                   f"response, past the bound of {bound:g} ({source}); the policy is drifting far from the SFT "
+                   "model, where the reward model's judgement no longer holds.")
+        advice = (" To keep it nearer: a lower lr, a larger kl_coef, or the adaptive controller (adaptive_kl); "
+                  "to allow it: a larger kl_bound.")
+        if cfg.stop_at_kl_bound:
+            raise TrainingDiverged(f"PPO stopped at {message}{advice} (stop_at_kl_bound is on; switch it off to "
+                                   "only warn.)")
+        if not self._kl_warned:
+            self._kl_warned = True
+            warnings.warn(KLBoundWarning(f"PPO {message}{advice} Training goes on (stop_at_kl_bound stops it "
+                                         "instead); this warning comes once a run."), stacklevel=4)
 
     def train(self, steps: int | None = None, callback: Callable[[dict, "PPOTrainer"], None] | None = None,
               progress: bool = True) -> list[dict]:
@@ -702,7 +795,9 @@ class PPOTrainer:
             },
             "config": config_to_dict(self.cfg),
         }
-        torch.save(state, tmp / "trainer_state.pt")
+        buffer = io.BytesIO()  # torch's own file writer reports a full disk as "unexpected pos"; Python's
+        torch.save(state, buffer)  # write raises OSError(ENOSPC), which the command line can explain
+        (tmp / "trainer_state.pt").write_bytes(buffer.getvalue())
         old = path.with_name(path.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if path.exists():
@@ -719,15 +814,23 @@ class PPOTrainer:
             if not (old / "trainer_state.pt").is_file():
                 return False
             path = old
-        state = torch.load(path / "trainer_state.pt", weights_only=True)  # tensors, numbers, lists, dicts only
+        with reading_saved(path, "PPO checkpoint"):
+            state = torch.load(path / "trainer_state.pt", weights_only=True)  # tensors, numbers, lists, dicts only
+        needed = {"step", "history", "kl_ctl", "optimizer", "rng", "config"}
+        missing = needed - set(state if isinstance(state, dict) else ())
+        if missing:
+            raise LabError(f"{path / 'trainer_state.pt'} is not a checkpoint the lab wrote (it has no "
+                           f"{', '.join(sorted(missing))}). Delete {path} and run PPO again (without --resume).")
         for key in ("batch_size", "minibatch_size", "seed", "max_new_tokens", "reward", "r", "lora_alpha"):
             saved, now = state["config"].get(key), config_to_dict(self.cfg)[key]
             if saved != now:
                 raise LabError(f"cannot resume from {path}: it was written with {key}={saved!r}, this run "
                                f"has {key}={now!r}. Use the same settings, or a new output folder.")
-        set_peft_model_state_dict(self.model, load_file(str(path / "policy" / "adapter_model.safetensors")),
-                                  adapter_name=POLICY)
-        self.value_head.load_state_dict(load_file(str(path / VALUE_HEAD_FILE)))
+        with reading_saved(path, "PPO checkpoint"):
+            adapter, value_head = load_file(str(path / "policy" / "adapter_model.safetensors")), \
+                load_file(str(path / VALUE_HEAD_FILE))
+        set_peft_model_state_dict(self.model, adapter, adapter_name=POLICY)
+        self.value_head.load_state_dict(value_head)
         self.optimizer.load_state_dict(state["optimizer"])
         for key, value in state["kl_ctl"].items():
             setattr(self.kl_ctl, key, value)

@@ -12,8 +12,11 @@ ranking lists indices into completions, best first. A skip is {"ranking": null, 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import time
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -66,12 +69,15 @@ def rankings_to_pairs(records: Iterable[dict] | RankingStore) -> datasets.Datase
 
     The pairs of one prompt stay next to each other, in ranking order. InstructGPT fed all K(K-1)/2
     pairs of a prompt as one batch element, because shuffled apart they are strongly correlated and
-    the reward model overfits within one epoch.
+    the reward model overfits within one epoch. An item that one annotator ranked twice counts once;
+    ranked twice differently, it is refused (without_duplicate_rankings).
     """
     if isinstance(records, RankingStore):
-        records = records.records()
+        located, source = records.located_records(), str(records.path)
+    else:
+        located, source = [(f"record {i + 1}", r) for i, r in enumerate(records)], "the rankings"
     columns = {"prompt": [], "chosen": [], "rejected": []}
-    for record in records:
+    for _, record in without_duplicate_rankings(located, source):
         check_ranking_record(record)
         if record.get("ranking") is None:
             continue  # skipped
@@ -105,17 +111,111 @@ def check_ranking_record(record: Any) -> None:
     check_ranking(record["ranking"], len(completions))
 
 
+def without_duplicate_rankings(located: list[tuple[str, Any]], source: str,
+                               drop_contradictions: bool = False) -> list[tuple[str, Any]]:
+    """The (where, record) list with each (annotator, prompt, completions) ranked once.
+
+    The same ranking twice (a notebook cell run again, two files joined) is kept once, with a warning.
+    The same annotator ranking the same item two ways (two kernels on one file) is refused, naming
+    both places, unless drop_contradictions, which drops both with a warning. Rankings of one item by
+    different annotators are real disagreement and all stay. Skips, and records that are not valid
+    rankings, pass through untouched (the caller's checks name their problems).
+    """
+    first: dict[tuple, tuple[str, Any]] = {}  # key -> (where, ranking) of its first ranking
+    kept, repeated, contradicted = [], 0, set()  # contradicted: where the rankings to drop are
+    for where, record in located:
+        try:
+            check_ranking_record(record)
+        except LabError:
+            kept.append((where, record))  # not a valid ranking: the caller's checks name its problem
+            continue
+        if record["ranking"] is None:
+            kept.append((where, record))  # a skip
+            continue
+        key = (record.get("annotator"), record["prompt"], tuple(record["completions"]))
+        if key not in first:
+            first[key] = (where, record["ranking"])
+            kept.append((where, record))
+        elif first[key][1] == record["ranking"]:
+            repeated += 1
+        elif drop_contradictions:
+            contradicted |= {first[key][0], where}
+        else:
+            raise PreferenceFileError(
+                f"{source}: {first[key][0]} and {where} rank the same prompt and completions differently "
+                f"({first[key][1]} and {record['ranking']}), both by annotator {key[0]!r}; which one is meant? "
+                "Delete the other one. (Two kernels ranking the same items into one file would do this.)")
+    if contradicted:
+        kept = [(w, r) for w, r in kept if w not in contradicted]
+        warnings.warn(f"{source}: dropped {len(contradicted)} rankings of items that one annotator ranked in "
+                      "two different ways (every ranking of each such item).", stacklevel=3)
+    if repeated:
+        warnings.warn(f"{source}: {repeated} rankings appear twice (same annotator, prompt, completions and "
+                      "ranking); each is counted once.", stacklevel=3)
+    return kept
+
+
 # -----------------------------------------------------------------------------
-# the store: append-only JSONL, each record on disk before the call returns
+# the store: append-only JSONL, each record on disk before the call returns, one writer at a time
+
+LOCK_TIMEOUT = 30.0  # seconds to wait for another writer; a Submit holds the lock for milliseconds
+
+try:
+    import fcntl
+except ImportError:  # Windows: msvcrt below
+    fcntl = None
 
 
 def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")  # e.g. 2025-01-31T12:00:00+00:00
 
 
+@contextlib.contextmanager
+def _locked(f, exclusive: bool, path: Path):
+    """Hold the OS's lock on the open store file f for the block: exclusive for a writer (one at a time,
+    so one writer's repair of a cut-off line can never cut another's line in the middle), shared for a
+    reader (never in the middle of a write). The OS drops the lock when its process dies, kill -9
+    included, so a dead kernel never blocks the next one."""
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    while True:
+        try:
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            else:  # pragma: no cover (Windows: a lock on the first byte, exclusive only)
+                import msvcrt
+                f.seek(0)
+                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+            break
+        except (BlockingIOError, PermissionError):
+            if time.monotonic() > deadline:
+                raise LabError(f"{path}: another kernel or process has held this file's lock for "
+                               f"{LOCK_TIMEOUT:.0f} s; is one stuck (a paused debugger)? Restart it, then try "
+                               "again.") from None
+            time.sleep(0.005)
+    try:
+        yield
+    finally:
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        else:  # pragma: no cover
+            import msvcrt
+            f.seek(0)
+            msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+
+
+class RankingNotSaved(LabError):
+    """The disk refused a record (full, read-only, no permission); nothing of it is in the file."""
+
+
+_WRITE_PROBLEMS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "your disk quota is used up",
+                   errno.EROFS: "the disk is read-only", errno.EACCES: "permission denied",
+                   errno.EPERM: "permission denied"}
+
+
 class RankingStore:
     """Append-only JSONL file of ranking records; each one is on disk (flushed and fsynced) at once,
-    so a kernel that dies loses nothing already submitted."""
+    so a kernel that dies loses nothing already submitted. Writers take the file's OS lock in turn,
+    so two kernels (or the widget and a top-up) can write into one store without losing a record."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -123,47 +223,76 @@ class RankingStore:
     def __repr__(self) -> str:
         return f"RankingStore({str(self.path)!r})"
 
-    def add(self, prompt: str, completions: list[str], ranking: list[int], annotator: str = "learner") -> dict:
-        """Write one ranking (indices into completions, best first) and return the record."""
+    def add(self, prompt: str, completions: list[str], ranking: list[int], annotator: str = "learner",
+            if_new: bool = False) -> dict | None:
+        """Write one ranking (indices into completions, best first) and return the record.
+
+        if_new: read the file again first (under the lock) and write nothing, returning None, if it
+        already holds this item (ranked or skipped, by anyone): the widget submits so.
+        """
         record = {"prompt": prompt, "completions": list(completions), "ranking": list(ranking),
                   "annotator": annotator, "time": _utc_now()}
-        self._append(record)
-        return record
+        return record if self._append(record, if_new) else None
 
-    def skip(self, prompt: str, completions: list[str], annotator: str = "learner") -> dict:
-        """Write a skip, so that a resumed session does not ask for this item again."""
+    def skip(self, prompt: str, completions: list[str], annotator: str = "learner",
+             if_new: bool = False) -> dict | None:
+        """Write a skip, so that a resumed session does not ask for this item again (if_new: see add)."""
         record = {"prompt": prompt, "completions": list(completions), "ranking": None, "skipped": True,
                   "annotator": annotator, "time": _utc_now()}
-        self._append(record)
-        return record
+        return record if self._append(record, if_new) else None
 
     def records(self) -> list[dict]:
         """Every record in the file, oldest first ([] if there is no file yet). Never changes the file."""
+        return [record for _, record in self.located_records()]
+
+    def located_records(self) -> list[tuple[str, dict]]:
+        """(where, record) for every record, where = "line 7": records() with the line each came from."""
         if not self.path.exists():
             return []
-        records = []
+        with open(self.path, "rb") as f, _locked(f, exclusive=False, path=self.path):
+            return self._read_unlocked()
+
+    def done_keys(self) -> set[Key]:
+        """(prompt, tuple(completions)) of every item already ranked or skipped."""
+        return {item_key(record) for record in self.records()}
+
+    def _read_unlocked(self) -> list[tuple[str, dict]]:
+        located = []
         for where, record in read_records(self.path):  # skips a cut-off last line, with a warning
             try:
                 check_ranking_record(record)
             except LabError as e:
                 raise PreferenceFileError(f"{self.path}, {where}: {e} This file should hold only records "
                                           "written by RankingStore; fix or delete that line.") from None
-            records.append(record)
-        return records
+            located.append((where, record))
+        return located
 
-    def done_keys(self) -> set[Key]:
-        """(prompt, tuple(completions)) of every item already ranked or skipped."""
-        return {item_key(record) for record in self.records()}
-
-    def _append(self, record: dict) -> None:
+    def _append(self, record: dict, if_new: bool = False) -> bool:
+        """Write the record's line at the end, under the lock; False if if_new and the item is there."""
         check_ranking_record(record)  # a bad ranking never reaches the file
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a+b") as f:  # a+: every write goes to the end; reading the tail is allowed
-            self._end_cut_off_line(f)
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())  # past Python's and the OS's buffers: on disk even if the machine dies next
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # unbuffered: a write the disk refuses fails here, not later in a buffer's flush at close
+            with open(self.path, "a+b", buffering=0) as f, _locked(f, exclusive=True, path=self.path):
+                self._end_cut_off_line(f)
+                if if_new and item_key(record) in {item_key(r) for _, r in self._read_unlocked()}:
+                    return False
+                size = f.seek(0, os.SEEK_END)
+                try:
+                    view = memoryview(line)
+                    while view:  # a+: every write goes to the end
+                        view = view[f.write(view):]
+                    os.fsync(f.fileno())  # past the OS's buffers: on disk even if the machine dies next
+                except OSError:
+                    f.truncate(size)  # take back a part-written line: the file stays as it was
+                    raise
+        except OSError as err:
+            problem = _WRITE_PROBLEMS.get(err.errno, err.strerror or str(err))
+            raise RankingNotSaved(f"could not save to {self.path}: {problem}. Nothing was written; the ranking "
+                                  "is not saved yet. Free some space (or fix the folder's permissions), then "
+                                  "submit it again.") from None
+        return True
 
     def _end_cut_off_line(self, f) -> None:
         """If the file does not end with a newline, make it, so that our line does not glue onto the last.

@@ -22,6 +22,7 @@ share one backbone: the policy is another adapter on it, the reference is the ba
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import random
@@ -32,17 +33,18 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .config_args import Count, Device, Dropout, Positive, Range, Seed, Whole, check_config
 from .gold import gold_score
 from .loading import load_model, load_tokenizer
 from .ppo_math import last_token_index, pairwise_accuracy, pairwise_loss
-from .utils import LabError, autocast, config_to_dict, pick_device, set_seed
+from .utils import LabError, autocast, config_to_dict, pick_device, read_json, reading_saved, set_seed
 
 if TYPE_CHECKING:
     import datasets  # pairs arrive as a datasets.Dataset; the module itself needs no import (loading.py says why)
@@ -59,35 +61,38 @@ class RewardConfig:
     trunk: str = "tiny"  # the pretrained model under the SFT adapter: "tiny", "gpt2", or a local folder
     sft_adapter: str | None = None  # the SFT adapter merged into the trunk (None: the bare pretrained
     # model, as in the tests); the RM reads text best with the representation of the policy it judges
-    r: int = 8  # LoRA rank, as for SFT: a 128-dim trunk has little to gain from more
-    lora_alpha: float = 16.0  # update scale alpha / r = 2, as for SFT
-    lora_dropout: float = 0.0  # LoRA's own dropout; the trunk's dropout is set by train_dropout
+    r: Count = 8  # LoRA rank, as for SFT: a 128-dim trunk has little to gain from more
+    lora_alpha: Positive = 16.0  # update scale alpha / r = 2, as for SFT
+    lora_dropout: Dropout = 0.0  # LoRA's own dropout; the trunk's dropout is set by train_dropout
     train_dropout: bool = True  # the trunk's dropout (0.1) on while training, a regulariser; scoring is always
     # without. Measured on 3 seeds x 1,780 further held-out pairs: 86.0% vs gold off, 87.0% on (with lr 3e-3)
     target_modules: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")  # GPT-2's Conv1D layers, as for SFT
-    lr: float = 3e-3  # LoRA and a fresh head take a large lr on the 128-dim tiny trunk; with dropout on, 3e-3
-    # beat 2e-3 (held-out split: 85.9% vs 86.4%, further pairs 87.0% vs 86.5%, 3 seeds)
-    warmup_steps: int = 5  # a short linear warmup, then linear decay to 0
-    epochs: int = 4  # on ~2,000 pairs held-out accuracy still rises to epoch 4, then flattens while the
+    lr: Positive = 3e-3  # LoRA and a fresh head take a large lr on the 128-dim tiny trunk; with dropout on,
+    # 3e-3 beat 2e-3 (held-out split: 85.9% vs 86.4%, further pairs 87.0% vs 86.5%, 3 seeds)
+    warmup_steps: Whole = 5  # a short linear warmup, then linear decay to 0
+    epochs: Count = 4  # on ~2,000 pairs held-out accuracy still rises to epoch 4, then flattens while the
     # held-out loss rises (overconfidence); InstructGPT's far larger RM overfit after one epoch
-    batch_size: int = 32  # pairs per step, whole rankings at a time (all K(K-1)/2 pairs of a prompt)
-    max_length: int = 96  # prompt + response + EOS tokens; the tiny world's stay under ~70
-    seed: int = 0  # adapter and head init, the eval split and the batch order
-    eval_fraction: float = 0.15  # share of prompts held out (whole rankings, so no pair leaks across);
-    # 60 of 400 prompts, ~360 pairs: one standard error of an accuracy is then 2-3 points
-    eval_every: int = 25  # steps between held-out measurements (the plotted eval curve; each costs a second)
-    device: str = "auto"  # CUDA, then MPS, then CPU
+    batch_size: Count = 32  # pairs per step, whole rankings at a time (all K(K-1)/2 pairs of a prompt)
+    max_length: Annotated[int, Range(2)] = 96  # prompt + response + EOS tokens; the tiny world's stay under ~70
+    seed: Seed = 0  # adapter and head init, the eval split and the batch order
+    eval_fraction: Annotated[float, Range(0, 1, high_open=True)] = 0.15  # share of prompts held out (whole
+    # rankings, so no pair leaks across); 60 of 400 prompts, ~360 pairs: one standard error of an accuracy
+    # is then 2-3 points
+    eval_every: Count = 25  # steps between held-out measurements (the plotted eval curve; each costs a second)
+    device: Device = "auto"  # CUDA, then MPS, then CPU
+
+    def __post_init__(self):
+        check_config(self)  # each field within its range: RewardConfig(epochs=-1) is refused here
 
 
 def reward_config(fast: bool = False, **overrides) -> RewardConfig:
     """The lab's defaults: full mode 4 epochs over the pairs; FAST mode (CI, a quick look: ~60
     rankings) 3 epochs, a few seconds."""
     cfg = RewardConfig(epochs=3, eval_every=5) if fast else RewardConfig()
-    for key, value in overrides.items():
+    for key in overrides:
         if not hasattr(cfg, key):
             raise LabError(f"RewardConfig has no field {key!r}; the fields are {list(config_to_dict(cfg))}.")
-        setattr(cfg, key, value)
-    return cfg
+    return dataclasses.replace(cfg, **overrides)  # checked again, with the overrides
 
 
 # -----------------------------------------------------------------------------
@@ -99,14 +104,45 @@ def encode(tokenizer, prompt: str, response: str, max_length: int = 96, add_eos:
     response apart (as sft.build_example and generation do), so stage 3 can score its own ids.
 
     EOS is appended because the policy's responses end with it: the RM then reads its score at
-    the same token for every finished response. Too long: the end is cut (EOS included).
+    the same token for every finished response. Too long: the start is cut (the prompt's first
+    tokens), never the response: cutting the end would cut the very text being judged, and would make
+    the two responses of a long pair the same token sequence (on HH-RLHF's dialogues, most pairs).
     """
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     ids = prompt_ids + response_ids + ([tokenizer.eos_token_id] if add_eos else [])
     if not ids:
         raise LabError("cannot score an empty text: the prompt and the response are both empty.")
-    return ids[:max_length]
+    return ids[-max_length:]
+
+
+def fit_pairs(pairs, tokenizer, max_length: int, what: str = "pairs", required: bool = True):
+    """The pairs the reward model can tell apart at max_length tokens, and a warning that counts the
+    others: pairs cut to fit (their prompts lose their start), and pairs whose two texts become the
+    same token sequence once cut, which teach nothing and are left out. A LabError if none is left
+    and `required`."""
+    if len(pairs) == 0:
+        return pairs
+    cut, same, keep = 0, 0, []
+    for i, row in enumerate(pairs):
+        chosen = encode(tokenizer, row["prompt"], row["chosen"], max_length=10**9)
+        rejected = encode(tokenizer, row["prompt"], row["rejected"], max_length=10**9)
+        if max(len(chosen), len(rejected)) > max_length:
+            cut += 1
+            if chosen[-max_length:] == rejected[-max_length:]:
+                same += 1
+                continue
+        keep.append(i)
+    if cut:
+        warnings.warn(f"{cut} of {len(pairs)} {what} are longer than max_length={max_length} tokens: their prompts "
+                      f"were cut from the start (the responses are kept whole where they fit)"
+                      + (f"; {same} of them became the same token sequence on both sides and are left out"
+                         if same else "") + ". Raise max_length (up to the model's n_positions) to keep more.",
+                      stacklevel=3)
+    if not keep and required:
+        raise LabError(f"none of the {len(pairs)} {what} can be told apart within max_length={max_length} tokens "
+                       "(each pair's two texts are the same once cut). Raise max_length, or use shorter texts.")
+    return pairs.select(keep) if len(keep) < len(pairs) else pairs
 
 
 def pad_batch(sequences: list[list[int]], pad_token_id: int,
@@ -270,6 +306,10 @@ class RewardModel(torch.nn.Module):
         prompts = [s["prompt"] for s in samples]
         responses = [s["completion"] if "completion" in s else s["response"] for s in samples]
         raw = torch.tensor(self.score_texts(prompts, responses, batch_size, normalised=False))
+        if not bool(torch.isfinite(raw).all()):  # else "the same score" below would say the wrong thing
+            raise LabError(f"{int((~torch.isfinite(raw)).sum())} of {len(raw)} samples got a score that is NaN or "
+                           "infinite: the reward model's weights are broken (a training run that blew up, or a "
+                           "damaged file). Train it again, with a lower lr.")
         mean, std = raw.mean().item(), raw.std().item()
         if not std > 1e-8:
             raise LabError("every sample got the same raw score, so there is no spread to normalise; "
@@ -434,6 +474,7 @@ def train_reward_model(cfg: RewardConfig, pairs: datasets.Dataset, trunk=None, t
     the prompts of `pairs`.
     """
     start_time = time.time()
+    check_config(cfg)  # again: a field may have been set after the config was made
     missing = {"prompt", "chosen", "rejected"} - set(pairs.column_names)
     if missing:
         raise LabError(f"the pairs lack the columns {sorted(missing)}; build them with "
@@ -445,10 +486,15 @@ def train_reward_model(cfg: RewardConfig, pairs: datasets.Dataset, trunk=None, t
     else:
         trunk = copy.deepcopy(trunk).to(device)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.trunk)
+    from .sft import check_max_length, stop_if_diverged
+
+    check_max_length(trunk, cfg)
     if eval_pairs is None:
         train, eval = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
     else:
         train, eval = pairs, eval_pairs
+    train = fit_pairs(train, tokenizer, cfg.max_length, "training pairs")
+    eval = fit_pairs(eval, tokenizer, cfg.max_length, "held-out pairs", required=False)
     if len(train) == 0:
         raise LabError(f"no training pairs left (got {len(pairs)} pairs, eval_fraction={cfg.eval_fraction}); "
                        "rank more samples, or lower eval_fraction.")
@@ -505,7 +551,9 @@ def train_reward_model(cfg: RewardConfig, pairs: datasets.Dataset, trunk=None, t
                 group["lr"] = lr_at(step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+            stop_if_diverged("The reward model", step + 1, total_steps, loss=loss, grad_norm=grad_norm,
+                             advice="try a lower lr (--rm-lr).")
             optimizer.step()
             step += 1
             record = {"step": step, "loss": loss.item(), "accuracy": pairwise_accuracy(chosen, rejected).item(),
@@ -577,7 +625,7 @@ def load_reward_model(path: str | Path, trunk=None, device="auto", tokenizer=Non
         if not (path / name).is_file():
             raise LabError(f"{path} is not a saved reward model ({name} is missing). Train one in "
                            "notebooks/03_reward_model.ipynb, or with rlhf_lab.pipeline.ensure_reward_model().")
-    meta = json.loads((path / META_FILE).read_text())
+    meta = read_json(path / META_FILE, "reward model's record")
     adapter_name = meta.get("adapter_name", ADAPTER_NAME)
     if tokenizer is None:
         tokenizer = load_tokenizer(path)
@@ -585,17 +633,18 @@ def load_reward_model(path: str | Path, trunk=None, device="auto", tokenizer=Non
         if adapter_name in trunk.peft_config:
             raise LabError(f"the trunk already has an adapter named {adapter_name!r}; delete it first "
                            f"(trunk.delete_adapter({adapter_name!r})) or load on a fresh trunk.")
-        with _quiet_peft():
+        with _quiet_peft(), reading_saved(path, "reward model's adapter"):
             trunk.load_adapter(str(path), adapter_name=adapter_name)  # frozen, not made active
         peft_model = trunk
     else:
         if trunk is None:
             trunk, _ = build_trunk(meta["trunk"]["model"], meta["trunk"]["sft_adapter"], device=device)
-        with _quiet_peft():
+        with _quiet_peft(), reading_saved(path, "reward model's adapter"):
             peft_model = PeftModel.from_pretrained(trunk, str(path), adapter_name=adapter_name)
     model_device = next(peft_model.parameters()).device
     head = torch.nn.Linear(peft_model.base_model.model.config.n_embd, 1)
-    head.load_state_dict(load_file(str(path / HEAD_FILE)))
+    with reading_saved(path / HEAD_FILE, "reward head"):
+        head.load_state_dict(load_file(str(path / HEAD_FILE)))
     head.requires_grad_(False)
     reward_model = RewardModel(peft_model, adapter_name, head.to(model_device), gain=meta["gain"],
                                bias=meta["bias"], tokenizer=tokenizer, max_length=meta.get("max_length", 96))
@@ -605,7 +654,7 @@ def load_reward_model(path: str | Path, trunk=None, device="auto", tokenizer=Non
 
 def reward_model_info(path: str | Path) -> dict:
     """What reward_model.json says: gain, bias, trunk, config and metrics."""
-    return json.loads((Path(path) / META_FILE).read_text())
+    return read_json(Path(path) / META_FILE, "reward model's record")
 
 
 # -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import html
 import json
 import math
@@ -22,7 +23,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +31,13 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
+from .config_args import Count, Device, Dropout, Positive, Range, Seed, Whole, check_config
 from .loading import load_model, load_tokenizer
 
 if TYPE_CHECKING:
     import datasets  # imported where demonstrations are loaded (loading.py says why)
-from .utils import LabError, autocast, config_to_dict, pick_device, run_dir, save_config, set_seed
+from .utils import (ConfigError, LabError, TrainingDiverged, autocast, config_to_dict, pick_device, read_json,
+                    reading_saved, run_dir, save_config, set_seed)
 
 IGNORE_INDEX = -100  # label of tokens the loss skips (prompt, padding): PyTorch's and HF's convention
 CONFIG_FILE = "sft_config.json"
@@ -47,24 +50,27 @@ class SFTConfig:
 
     model: str = "tiny"  # the pretrained model: "tiny" (offline), "gpt2", or a local folder
     data: str = "tiny"  # demonstrations: "tiny" (data/demonstrations), "stanfordnlp/imdb", a file
-    n_train: int | None = None  # use the first N training demonstrations (None: all 2,000)
-    n_eval: int | None = None  # held-out demonstrations for the eval loss (None: all 200)
-    r: int = 8  # LoRA rank: a common default; Hu et al. 2021 found ranks as small as 1-8 enough on GPT-3
-    lora_alpha: float = 16.0  # the update is scaled by alpha / r = 2; the 1/r spares retuning lr when r
+    n_train: Count | None = None  # use the first N training demonstrations (None: all 2,000)
+    n_eval: Count | None = None  # held-out demonstrations for the eval loss (None: all 200)
+    r: Count = 8  # LoRA rank: a common default; Hu et al. 2021 found ranks as small as 1-8 enough on GPT-3
+    lora_alpha: Positive = 16.0  # the update is scaled by alpha / r = 2; the 1/r spares retuning lr when r
     # changes (Hu et al. 2021, section 4.1)
-    lora_dropout: float = 0.0  # 2,000 short demonstrations for 2 epochs do not overfit; 0 = deterministic
+    lora_dropout: Dropout = 0.0  # 2,000 short demonstrations for 2 epochs do not overfit; 0 = deterministic
     target_modules: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")  # GPT-2's Conv1D layers: attention
     # (q, k, v and output) and MLP; adapting the MLP too helps a tiny model learn a new style.
-    lr: float = 2e-3  # LoRA takes a larger lr than full fine-tuning; 2e-3 suits a 128-dim model
-    warmup_steps: int = 10  # a short linear warmup, then linear decay to 0 (as HF Trainer's default)
-    epochs: int = 2  # two passes over 2,000 demonstrations: the eval loss has flattened by then
-    batch_size: int = 16  # demonstrations per step; 125 steps per epoch on the tiny world
-    max_length: int = 96  # prompt + completion + EOS tokens: the tiny world's take at most ~35, IMDB cuts
-    # of 60 words about 90 GPT-2 tokens
+    lr: Positive = 2e-3  # LoRA takes a larger lr than full fine-tuning; 2e-3 suits a 128-dim model
+    warmup_steps: Whole = 10  # a short linear warmup, then linear decay to 0 (as HF Trainer's default)
+    epochs: Count = 2  # two passes over 2,000 demonstrations: the eval loss has flattened by then
+    batch_size: Count = 16  # demonstrations per step; 125 steps per epoch on the tiny world
+    max_length: Annotated[int, Range(2)] = 96  # prompt + completion + EOS tokens: the tiny world's take at
+    # most ~35, IMDB cuts of 60 words about 90 GPT-2 tokens; at most the model's positions (n_positions)
     completion_only: bool = True  # loss on completion tokens only (the prompt is given, not written)
-    seed: int = 0  # LoRA init and batch order: same seed, same adapter
-    eval_every: int = 25  # steps between eval-loss measurements (the plotted curve)
-    device: str = "auto"  # CUDA, then MPS, then CPU
+    seed: Seed = 0  # LoRA init and batch order: same seed, same adapter
+    eval_every: Count = 25  # steps between eval-loss measurements (the plotted curve)
+    device: Device = "auto"  # CUDA, then MPS, then CPU
+
+    def __post_init__(self):
+        check_config(self)  # each field within its range: SFTConfig(lr=0) is refused here
 
 
 def sft_config(fast: bool = False, **overrides) -> SFTConfig:
@@ -75,11 +81,10 @@ def sft_config(fast: bool = False, **overrides) -> SFTConfig:
         cfg = SFTConfig(n_train=480, n_eval=100, epochs=1, lr=4e-3, warmup_steps=5, eval_every=5)
     else:
         cfg = SFTConfig()
-    for key, value in overrides.items():
+    for key in overrides:
         if not hasattr(cfg, key):
             raise LabError(f"SFTConfig has no field {key!r}; the fields are {list(config_to_dict(cfg))}.")
-        setattr(cfg, key, value)
-    return cfg
+    return dataclasses.replace(cfg, **overrides)  # checked again, with the overrides
 
 
 # -----------------------------------------------------------------------------
@@ -162,6 +167,28 @@ def forward_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                     position_ids=batch["position_ids"].to(device))
     return out.logits
+
+
+def stop_if_diverged(stage: str, step: int, total: int, advice: str, **values) -> None:
+    """Stop a training loop before its optimizer step if the loss or the gradient is NaN or infinite:
+    one such step makes every trained weight NaN, and the run would go on to save nonsense."""
+    for name, value in values.items():
+        value = value.detach()
+        if not bool(torch.isfinite(value).all()):
+            what = {"loss": "the loss", "grad_norm": "the gradient norm"}.get(name, name)
+            raise TrainingDiverged(f"{stage} stopped at step {step} of {total}: {what} is {float(value):g}, not a "
+                                   f"finite number, so the weights would turn to NaN; {advice}")
+
+
+def check_max_length(model, cfg) -> None:
+    """Refuse a cfg.max_length beyond the model's positions (n_positions) before any training: past
+    them the position embedding has no row and the forward pass fails deep inside with an IndexError."""
+    from .generation import model_positions
+
+    n_positions = model_positions(model)
+    if n_positions is not None and cfg.max_length > n_positions:
+        raise ConfigError(f"max_length={cfg.max_length} is more than the model's {n_positions} positions "
+                          f"(n_positions); set it to {n_positions} or less.", type(cfg).__name__, ("max_length",))
 
 
 def tokenize_demonstrations(dataset, tokenizer, cfg: SFTConfig) -> list[dict]:
@@ -307,6 +334,7 @@ def train_sft(cfg: SFTConfig, model=None, tokenizer=None, train=None, eval=None,
     from .demonstrations import load_demonstrations
 
     start_time = time.time()
+    check_config(cfg)  # again: a field may have been set after the config was made
     set_seed(cfg.seed)
     device = pick_device(cfg.device)
     if model is None:
@@ -314,6 +342,7 @@ def train_sft(cfg: SFTConfig, model=None, tokenizer=None, train=None, eval=None,
     else:
         model = copy.deepcopy(model).to(device)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
+    check_max_length(model, cfg)
     train = train if train is not None else load_demonstrations(cfg.data, "train", limit=cfg.n_train)
     eval = eval if eval is not None else load_demonstrations(cfg.data, "validation", limit=cfg.n_eval)
     import datasets
@@ -355,7 +384,9 @@ def train_sft(cfg: SFTConfig, model=None, tokenizer=None, train=None, eval=None,
             loss = completion_loss(logits, batch["labels"].to(logits.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            stop_if_diverged("SFT", step + 1, total_steps, loss=loss, grad_norm=grad_norm,
+                             advice="try a lower lr (--sft-lr).")
             optimizer.step()
             step += 1
             window.append(loss.item())
@@ -474,12 +505,12 @@ def load_sft(path: str | Path, device: str | torch.device | None = "auto", base:
                        "train_sft(cfg, out_dir=...) or run notebooks/01_sft.ipynb.")
     if base is None:
         if (path / CONFIG_FILE).is_file():
-            base = json.loads((path / CONFIG_FILE).read_text())["model"]
+            base = read_json(path / CONFIG_FILE, "SFT config")["model"]
         else:  # an adapter saved by someone else: trust peft's record of its base
-            base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+            base = read_json(path / "adapter_config.json", "adapter config")["base_model_name_or_path"]
     model, _ = load_model(base, device=device)
     tokenizer = load_tokenizer(path)
-    with _quiet_peft():
+    with _quiet_peft(), reading_saved(path, "SFT adapter"):
         model = PeftModel.from_pretrained(model, str(path))
     model.eval()
     return model, tokenizer

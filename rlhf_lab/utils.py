@@ -31,6 +31,20 @@ class LabError(Exception):
     """
 
 
+class TrainingDiverged(LabError):
+    """A run went non-finite (a NaN reward, loss or gradient) or past a bound it was told to keep; the
+    message names the quantity, the step and what to try."""
+
+
+class ConfigError(LabError):
+    """A config field (or a rule between fields) out of range. `fields` names them, so the command
+    line can name its options; `problem` is the rule that failed ("must be > 0")."""
+
+    def __init__(self, message: str, config: str = "", fields: tuple[str, ...] = (), problem: str | None = None):
+        super().__init__(message)
+        self.config, self.fields, self.problem = config, tuple(fields), problem
+
+
 # -----------------------------------------------------------------------------
 # reproducibility and devices
 
@@ -42,19 +56,38 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:
-    """"auto" picks CUDA, then Apple's MPS, then the CPU; any other value is taken as given."""
+    """"auto" picks CUDA, then Apple's MPS, then the CPU; "cpu", "cuda", "cuda:N" and "mps" are taken
+    as given, once it is clear this machine has them (a LabError that says what it has, if not)."""
     if device is None or str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LabError(f"device {str(device)!r} was asked for but CUDA is not available here; "
-                       "use device='auto' or 'cpu'.")
-    return device
+    if isinstance(device, torch.device):
+        device = str(device)
+    here = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (["mps"] if _mps_available() else [])
+    from .config_args import DeviceName
+
+    problem = DeviceName().problem(device)
+    if problem:
+        raise LabError(f"device {problem}; this machine has {', '.join(here)}.")
+    kind, _, index = device.partition(":")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise LabError(f"device {device!r} was asked for but CUDA is not available here (no NVIDIA GPU, or "
+                       f"a CPU-only build of torch); use {' or '.join(repr(d) for d in here)}.")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise LabError(f"device {device!r} was asked for but this machine has {torch.cuda.device_count()} "
+                       f"CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+    if kind == "mps" and not _mps_available():
+        raise LabError(f"device 'mps' (Apple's GPU) was asked for but it is not available here; "
+                       f"use {' or '.join(repr(d) for d in here)}.")
+    return torch.device(device)
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -146,6 +179,71 @@ def save_config(config: Any, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
     return path
+
+
+def read_json(path: str | Path, what: str = "file"):
+    """A JSON file the lab wrote (a config, a result, a plan), or a LabError that names the file, the
+    line and what to do: a cut-off or hand-edited file should not end in a stack trace."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LabError(f"{short_path(path)}: no such file (the {what}). Check the path, or run the stage "
+                       "that writes it.") from None
+    except UnicodeDecodeError as e:
+        raise LabError(f"{short_path(path)}: the {what} is not UTF-8 text (byte {e.start}); it is damaged. "
+                       "Delete it and run the stage that writes it again.") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise LabError(f"{short_path(path)}, line {e.lineno}, column {e.colno}: the {what} is not valid JSON "
+                       f"({e.msg}); it was cut off or edited by hand. Fix that line, or delete the file's "
+                       "folder and run that stage again.") from None
+
+
+@contextlib.contextmanager
+def reading_saved(path: str | Path, what: str):
+    """A block that loads a saved `what` (an adapter, a head, a checkpoint) from `path`: whatever the
+    loaders raise on a damaged file (safetensors' header errors, torch's zip errors, a refused pickle)
+    becomes one LabError that says what is wrong and what to do."""
+    try:
+        yield
+    except LabError:
+        raise
+    except FileNotFoundError as err:
+        raise LabError(f"{short_path(path)}: the saved {what} is incomplete ({Path(err.filename or '?').name} "
+                       "is missing). Run the stage that writes it again.") from None
+    except Exception as err:  # noqa: BLE001 (each loader has its own error types; all mean the same here)
+        reason = " ".join(str(err).split()).split(". ")[0][:160]  # the first sentence: torch's run on
+        pickled = _pickled_file(Path(path), refused=str(err).startswith("Weights only load failed"))
+        if pickled is not None:
+            problem = (f"cannot be read: {pickled.name} is a pickle of Python objects, not what the lab writes "
+                       "there; the lab never unpickles such a file, since that can run any code")
+        else:
+            problem = (f"cannot be read ({type(err).__name__}: {reason}); a file in it is damaged (cut off by "
+                       "a full disk or a kill, zeroed, or replaced by another kind of file)")
+        raise LabError(f"{short_path(path)}: the saved {what} {problem}. Delete it and run the stage that "
+                       "writes it again (without --resume).") from None
+
+
+def _pickled_file(path: Path, refused: bool) -> Path | None:
+    """The file at `path` (or in the folder) that is a pickle where the lab expects its own format: a
+    .safetensors file that is torch.save's zip (PK...) or a bare pickle (0x80, protocol 2-5); or, when
+    torch refused to unpickle (refused=True), a .pt file that is a pickle (the lab's own load with
+    weights_only=True, so a refusal means foreign Python objects). None if there is none."""
+    files = [path] if path.is_file() else sorted(path.glob("*")) if path.is_dir() else []
+    for file in files:
+        if file.suffix not in (".safetensors", ".pt"):
+            continue
+        with open(file, "rb") as f:
+            start = f.read(9)
+        pickle_protocol = start[:1] == b"\x80" and start[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+        is_pickle = start.startswith(b"PK\x03\x04") or pickle_protocol  # torch.save's zip, or a bare pickle
+        header = int.from_bytes(start[:8], "little")  # safetensors: 8 bytes of header length, then "{"
+        is_safetensors = start[8:9] == b"{" and 8 + header <= file.stat().st_size
+        if is_pickle and (file.suffix == ".safetensors" and not is_safetensors or file.suffix == ".pt" and refused):
+            return file
+    return None
 
 
 def run_dir(name: str, root: str | Path | None = None) -> Path:

@@ -7,6 +7,11 @@ installed, keys work while the mouse is over the widget: 1-9 pick a card, Enter 
 
 The widget can be driven from Python (click, undo, skip, submit), which is how the tests use it;
 the buttons call the same methods.
+
+Submit reads the file again before it writes (under the store's lock): if another kernel or notebook
+ranked this item meanwhile, the widget says so and moves on instead of adding a second ranking. If the
+disk refuses the write (full, read-only), the widget says so in red and keeps the ranking on screen,
+so the learner can submit it again.
 """
 
 from __future__ import annotations
@@ -140,24 +145,47 @@ class RankingWidget:
         self._say("")
         self._refresh()
 
-    def skip(self) -> dict:
-        """Record a skip for the current item and move on."""
+    def skip(self) -> dict | None:
+        """Record a skip for the current item and move on (None: the file held the item already)."""
         item = self._require_item()
-        record = self.store.skip(item["prompt"], item["completions"], annotator=self.annotator)
+        record = self.store.skip(item["prompt"], item["completions"], annotator=self.annotator, if_new=True)
+        if record is None:
+            return self._done_elsewhere(item)
         self._skipped.add(item_key(item))
         self._next_item("Skipped.")
         return record
 
-    def submit(self) -> dict:
-        """Save the current ranking (once every card has a place) and move on."""
+    def submit(self) -> dict | None:
+        """Save the current ranking (once every card has a place) and move on.
+
+        Returns the record, or None if the file already held this item (ranked in another kernel). If
+        the disk refuses the write, a LabError says so and the ranking stays, to submit again.
+        """
         item = self._require_item()
         K = len(item["completions"])
         if len(self._ranking) < K:
             raise LabError(f"rank all {K} completions before submitting ({len(self._ranking)} of {K} so far).")
-        record = self.store.add(item["prompt"], item["completions"], self._ranking, annotator=self.annotator)
+        record = self.store.add(item["prompt"], item["completions"], self._ranking, annotator=self.annotator,
+                                if_new=True)
+        if record is None:
+            return self._done_elsewhere(item)
         self._ranked.add(item_key(item))
         self._next_item("Saved: " + " > ".join(str(i + 1) for i in record["ranking"]) + ".")
         return record
+
+    def _done_elsewhere(self, item: dict) -> None:
+        """The file held this item already (another kernel or notebook wrote it): count it, move on."""
+        self._sync_with_file()
+        self._next_item("This prompt was ranked (or skipped) already, in another kernel or notebook writing "
+                        "to the same file; yours was not added, so it is not counted twice. Next one.")
+        return None
+
+    def _sync_with_file(self) -> None:
+        """Ranked and skipped as the file has them now (another writer may have added some)."""
+        keys = {item_key(item) for item in self.items}
+        records = self.store.records()
+        self._ranked = {item_key(r) for r in records if r["ranking"] is not None} & keys
+        self._skipped = ({item_key(r) for r in records if r["ranking"] is None} & keys) - self._ranked
 
     # -------------------------------------------------------------------------
     # display
@@ -228,6 +256,10 @@ class RankingWidget:
 
     def _next_item(self, message: str) -> None:
         self._position += 1
+        self._sync_with_file()  # another kernel may have ranked some of the items meanwhile
+        done = self._ranked | self._skipped
+        while self.current_item is not None and item_key(self.current_item) in done:
+            self._position += 1  # done in another kernel meanwhile: not asked again
         self._ranking, self._auto_filled = [], False
         self._show_item()
         self._say(message)
@@ -238,15 +270,17 @@ class RankingWidget:
             raise LabError(f"all {len(self.items)} items are done; nothing is left to rank here.")
         return item
 
-    def _say(self, message: str) -> None:
-        self._status.value = html.escape(message)
+    def _say(self, message: str, error: bool = False) -> None:
+        text = html.escape(message)
+        self._status.value = f'<b style="color:#c62828">{text}</b>' if error else text
 
     def _safely(self, action, *args) -> None:
-        """Run an action from a button or key; a LabError is shown in the widget, not as a traceback."""
+        """Run an action from a button or key; a LabError (a full disk included) is shown in the widget,
+        in red, not as a traceback in a log the learner never sees; the state stays as it was."""
         try:
             action(*args)
         except LabError as e:
-            self._say(str(e))
+            self._say(str(e), error=True)
 
     # -------------------------------------------------------------------------
     # keyboard, if ipyevents is installed

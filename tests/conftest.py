@@ -27,3 +27,16 @@ def gpt2_like_tokenizer_dir(tmp_path_factory, tiny):
     tok.pad_token = None
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A whole small `rlhf-lab run` (every stage on a handful of examples, in this process: ~20 s),
+    for the fault tests to copy and damage, or to resume (tests/faults.py)."""
+    from faults import RUN
+
+    from rlhf_lab.cli import main
+
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    assert main(["run", *RUN, "--out", str(out)]) == 0
+    return out
