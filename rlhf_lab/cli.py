@@ -27,6 +27,7 @@ import time
 import warnings
 from pathlib import Path
 
+from . import gold
 from .config_args import add_config_args, add_field_option, config_from_args, flag_of
 from .utils import (PACKAGE_DIR, PRECISIONS, ConfigError, LabError, autocast_dtype, config_to_dict, pick_device,
                     read_json, save_config, set_precision, set_seed, short_path)
@@ -433,7 +434,7 @@ def run_pipeline(args) -> dict:
     device = pick_device(args.device)
     summary = {"model": configs["sft"].model, "seed": seed, "fast": bool(args.fast),
                "device": str(device), "precision": "bf16" if autocast_dtype(device) is not None else "fp32",
-               "command": " ".join(["rlhf-lab"] + sys.argv[1:])}
+               "gold_reference": gold.get_reference(), "command": " ".join(["rlhf-lab"] + sys.argv[1:])}
     summary["sft"] = stage_sft(out, configs["sft"], args.resume)
     summary["rankings"] = stage_rank(out, configs["rank"], args.device)
     rm = stage_rm(out, configs["rm"], args, args.resume)
@@ -552,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.precision is not None:
                 set_precision(args.precision)
+            # gold judges fluency against the tiny corpus in the tiny world, by English rules elsewhere
+            gold.set_reference(gold.reference_for(getattr(args, "data", None)))
             if args.command == "run":
                 run_pipeline(args)
             else:

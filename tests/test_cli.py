@@ -43,6 +43,7 @@ def test_run_fast_writes_every_result(fast_run):
         assert isinstance(value, (int, float)) and math.isfinite(value), key
     assert summary["sft"]["eval_loss_after"] < summary["sft"]["eval_loss_before"]
     assert summary["precision"] == "fp32" if summary["device"] == "cpu" else summary["precision"] in ("fp32", "bf16")
+    assert summary["gold_reference"] == "tiny"  # the tiny world's fluency reference (hub data: "english")
     for path in ["01_sft/adapter/adapter_config.json", "03_reward_model/reward_model/adapter_config.json",
                  "04_ppo/adapter_config.json", "04_ppo/metrics.jsonl", "plots/sft_loss.png",
                  "plots/reward_model_accuracy.png", "plots/ppo_training.png", "report.md", "samples.jsonl",
