@@ -29,7 +29,7 @@ def test_resume_with_another_seed_is_refused_and_changes_nothing(capsys, tiny_ru
 def test_a_changed_stage_option_is_refused_naming_it(capsys, tiny_run, tmp_path):
     run = copy_run(tiny_run, tmp_path)
     line = one_line_error(capsys, "rm", "--fast", *RM, "--resume", "--rm-lr", "0.5", "--out", run)
-    assert "rm.lr 0.002 -> 0.5 (--rm-lr)" in line
+    assert "rm.lr 0.003 -> 0.5 (--rm-lr)" in line
     line = one_line_error(capsys, "ppo", "--fast", *PPO, "--resume", "--ppo-kl-coef", "0.3", "--out", run)
     assert "ppo.kl_coef 0.15 -> 0.3 (--ppo-kl-coef)" in line
 
