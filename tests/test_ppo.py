@@ -582,7 +582,7 @@ def test_critic_free_first_minibatch_ratio_is_one_and_groups_share_a_prompt(tiny
     assert max(abs(s["ratio_max"] - 1.0) for s in trainer.minibatch_stats[1:]) > 1e-6
     assert not {"vf_loss", "vf_clipfrac", "explained_variance"} & set(metrics)
     if algo == "grpo":
-        assert first["kl_loss"] == 0.0 and metrics["kl_coef"] == 0.04 and metrics["non_score_reward"] == 0.0
+        assert first["kl_loss"] == 0.0 and metrics["kl_coef"] == 0.2 and metrics["non_score_reward"] == 0.0
         assert metrics["kl_loss"] > 0.0  # the policy moved after the first minibatch
     else:
         assert metrics["kl_coef"] == 0.15
