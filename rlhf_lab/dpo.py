@@ -295,12 +295,16 @@ class DPOTrainer:
         if self.eval_pairs is not None and (self.step_count % cfg.eval_every == 0
                                             or self.step_count == self.total_steps):
             metrics |= {f"eval_{k}": v for k, v in self.evaluate_pairs().items() if not k.startswith("n_")}
+        self._record(metrics)
+        return metrics
+
+    def _record(self, metrics: dict) -> None:
+        """Into the history, and a line of metrics.jsonl."""
         self.history.append(metrics)
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             with open(self.out_dir / METRICS_FILE, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
-        return metrics
 
     @torch.no_grad()
     def evaluate_pairs(self, chunk: int = 64) -> dict:
@@ -340,8 +344,8 @@ class DPOTrainer:
         cfg.checkpoint_every; the held-out pairs are measured first (step 0) and every cfg.eval_every."""
         steps = self.total_steps if steps is None else min(steps, self.total_steps)
         if not self.history and self.eval_pairs is not None:
-            self.history.append({"step": 0} | {f"eval_{k}": v for k, v in self.evaluate_pairs().items()
-                                               if not k.startswith("n_")})
+            self._record({"step": 0} | {f"eval_{k}": v for k, v in self.evaluate_pairs().items()
+                                        if not k.startswith("n_")})
         bar = tqdm(total=steps, initial=self.step_count, desc="DPO", disable=not progress)
         while self.step_count < steps:
             metrics = self.step()
@@ -566,7 +570,8 @@ def plot_history(history: list[dict]):
     ax_loss.axhline(math.log(2), color="#999", linestyle=":", label="log 2 (the start)")
     ax_acc.axhline(0.5, color="#999", linestyle=":", label="chance")
     ax_loss.set(xlabel="step", title="DPO loss")
-    ax_acc.set(xlabel="step", ylabel="share of pairs ordered right", title="implicit-reward accuracy", ylim=(-0.02, 1.02))
+    ax_acc.set(xlabel="step", ylabel="share of pairs ordered right", title="implicit-reward accuracy",
+               ylim=(-0.02, 1.02))
     ax_margin.set(xlabel="step", ylabel="beta * log-ratio difference", title="implicit-reward margin")
     for ax in (ax_loss, ax_acc, ax_margin):
         ax.legend(fontsize=8)
