@@ -79,7 +79,7 @@ class DPOConfig:
     # full mode, seed 0: beta 0.1 drifts to 24 nats of KL; 0.3 gains +1.07 gold at 4.2 nats (PPO: +1.14 at
     # 4.1); 1.0 +0.87 at 1.6. For ipo, beta is tau (the margin 1 / (2 tau))
     # training
-    epochs: Count = 3  # passes over the pairs; ~2,000 pairs, 63 steps an epoch
+    epochs: Count = 3  # passes over the pairs; 2,000 pairs make 56 steps an epoch (whole rankings of 6 pairs)
     batch_size: Count = 32  # pairs per step, whole rankings at a time (each text scored once), as the RM
     lr: Positive = 1e-3  # Adam on the LoRA, as PPO's (FAST: 3e-3, for its ~300 pairs)
     warmup_steps: Whole = 5  # a short linear warmup, then linear decay to 0, as the reward model
@@ -107,7 +107,7 @@ class DPOConfig:
 
 def dpo_config(fast: bool = False, **overrides) -> DPOConfig:
     """The lab's defaults: full mode 3 epochs over the reward model's ~2,000 pairs; FAST mode (CI, a quick
-    look: ~300 pairs, 27 steps) lr 3e-3 and 128 evaluation prompts sampled 32 at a time (PPO's FAST batch)."""
+    look: ~300 pairs, 9 steps an epoch) lr 3e-3 and 128 evaluation prompts sampled 32 at a time (PPO's FAST batch)."""
     cfg = DPOConfig(lr=3e-3, eval_every=5, eval_prompts=128, eval_batch_size=32, checkpoint_every=10) if fast \
         else DPOConfig()
     names = {f.name for f in fields(DPOConfig)}
