@@ -2,10 +2,13 @@
 
     rlhf-lab run --out runs/pipeline            # SFT -> rankings -> reward model -> PPO -> report
     rlhf-lab run --out runs/pipeline --resume   # continue an interrupted run; finished stages are kept
-    rlhf-lab sft | rank | rm | ppo --out DIR    # one stage (earlier stages must be in DIR, or are made)
+    rlhf-lab sft | rank | rm | ppo --out DIR    # one stage (the earlier stages must be in DIR)
+    rlhf-lab ppo --algo rloo | grpo --out DIR   # stage 3 with RLOO or GRPO instead of PPO (no value head)
+    rlhf-lab dpo --out DIR                      # DPO on the reward model's pairs, beside stage 3
 
 Every stage writes into DIR with the same layout the notebooks use under runs/:
     DIR/01_sft/adapter  DIR/02_rankings/rankings.jsonl  DIR/03_reward_model/reward_model  DIR/04_ppo
+    (DIR/04_rloo, DIR/04_grpo for --algo rloo, grpo)  DIR/05_dpo
 and `run` adds DIR/plots/*.png, DIR/samples.jsonl, DIR/report.md and DIR/summary.json.
 Every field of each stage's dataclass config is an option (--sft-lr, --rm-epochs, --ppo-kl-target, ...),
 checked while the command line is parsed; --help gives each one's range and default.
@@ -32,7 +35,7 @@ from .config_args import add_config_args, add_field_option, config_from_args, fl
 from .utils import (PACKAGE_DIR, PRECISIONS, ConfigError, LabError, autocast_dtype, config_to_dict, pick_device,
                     read_json, save_config, set_precision, set_seed, short_path)
 
-STAGES = ("sft", "rank", "rm", "ppo")
+STAGES = ("sft", "rank", "rm", "ppo")  # what `run` runs; `dpo` is a stage of its own beside ppo
 DEFAULT_OUT = "runs/pipeline"
 
 
@@ -49,18 +52,20 @@ class _Parser(argparse.ArgumentParser):
 
 def _configs():
     """{stage: (its config class, the prefix of its options)}."""
+    from .dpo import DPOConfig
     from .pipeline import RankConfig
     from .ppo import PPOConfig
     from .reward_model import RewardConfig
     from .sft import SFTConfig
     return {"sft": (SFTConfig, "sft_"), "rank": (RankConfig, ""), "rm": (RewardConfig, "rm_"),
-            "ppo": (PPOConfig, "ppo_")}
+            "ppo": (PPOConfig, "ppo_"), "dpo": (DPOConfig, "dpo_")}
 
 
 # fields that get no option of their own: the command sets them (paths between stages), or a common
 # option does (--device; the rank stage's --seed and --data)
 _WIRED = {"sft": ("device",), "rank": ("seed", "prompts"), "rm": ("trunk", "sft_adapter", "device"),
-          "ppo": ("sft", "reward_model", "reward", "model", "device")}
+          "ppo": ("sft", "reward_model", "reward", "model", "device"),
+          "dpo": ("sft", "reward_model", "model", "device")}
 # what --resume may find changed: the paths the command sets, and the device (a run may move machines)
 _NOT_COMPARED = _WIRED | {"rank": ()}
 
@@ -95,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     helps = {"run": "all stages, then a report", "sft": "stage 1: supervised fine-tuning with LoRA",
              "rank": "stage 2a: simulated annotators rank K samples per prompt",
              "label": "the same as rank", "rm": "stage 2b: the reward model from the rankings",
-             "ppo": "stage 3: PPO against the reward model with a KL penalty"}
+             "ppo": "stage 3: PPO (or --algo rloo, grpo) against the reward model with a KL penalty",
+             "dpo": "DPO: the policy learns from the reward model's pairs directly, no RL (beside stage 3)"}
     configs = _configs()
     for name, text in helps.items():
         p = sub.add_parser(name, help=text, description=text)
@@ -125,7 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
             add_field_option(g, cls, "kl_target", "--kl-target", dest="kl_target",
                              help="target KL for the adaptive beta, nats (= --ppo-kl-target)")
             g.add_argument("--fixed-kl", action="store_true", help="keep beta fixed (no adaptive controller)")
-        if any(s in stages for s in ("sft", "rm", "ppo")):
+            add_field_option(g, cls, "algo", "--algo", dest="algo",
+                             help="the RL algorithm of stage 3: ppo (value head, GAE), rloo (leave-one-out "
+                             "baseline) or grpo (group-normalised advantages, KL as a loss term); = --ppo-algo")
+        if any(s in stages for s in ("sft", "rm", "ppo", "dpo")):
             add_field_option(p, SFTConfig, "r", "--lora-r", dest="lora_r", help="LoRA rank for every stage's adapter")
         for stage in stages:
             cls, prefix = configs[stage]
@@ -144,6 +153,7 @@ def _option(args, name: str):
 
 def _stage_configs(args, fast: bool | None = None) -> dict:
     """The resolved config of each stage: FAST or full defaults, then the options given."""
+    from .dpo import DPOConfig, dpo_config
     from .pipeline import RankConfig
     from .ppo import PPOConfig, ppo_config
     from .reward_model import RewardConfig, reward_config
@@ -160,26 +170,34 @@ def _stage_configs(args, fast: bool | None = None) -> dict:
         rank = dataclasses.replace(rank, n_rankings=N_RANKINGS[fast])
     rm = config_from_args(RewardConfig, args, "rm_", reward_config(fast), **common, **lora)
     ppo_overrides = {"steps": _option(args, "steps"), "kl_coef": _option(args, "kl_coef"),
-                     "kl_target": _option(args, "kl_target"), "prompts": args.data}
+                     "kl_target": _option(args, "kl_target"), "algo": _option(args, "algo"), "prompts": args.data}
     if _option(args, "fixed_kl"):
         ppo_overrides["adaptive_kl"] = False
     ppo = config_from_args(PPOConfig, args, "ppo_", ppo_config(fast), **common, **lora, **ppo_overrides)
-    return {"sft": sft, "rank": rank, "rm": rm, "ppo": ppo}
+    dpo = config_from_args(DPOConfig, args, "dpo_", dpo_config(fast), **common, **lora, prompts=args.data)
+    return {"sft": sft, "rank": rank, "rm": rm, "ppo": ppo, "dpo": dpo}
 
 
 # -----------------------------------------------------------------------------
 # resuming: the run in --out must be the run these options describe
 
 
-def _saved_config(out: Path, stage: str) -> tuple[dict, Path] | None:
+def _record_name(stage: str, configs: dict) -> str:
+    """The name of a stage's records: the stage, or for stage 3 its algorithm (ppo, rloo, grpo), whose runs
+    live side by side (DIR/04_ppo, DIR/04_rloo, DIR/04_grpo; configs/ppo.json, configs/rloo.json, ...)."""
+    return configs["ppo"].algo if stage == "ppo" else stage
+
+
+def _saved_config(out: Path, stage: str, configs: dict) -> tuple[dict, Path] | None:
     """What a stage in `out` was made with, and the file that says so: the stage's own record where it
-    has one (it finished, or PPO started), else configs/<stage>.json, written when the stage began."""
+    has one (it finished, or PPO or DPO started), else configs/<stage>.json, written when the stage began."""
     from . import pipeline
 
     own = {"sft": out / pipeline.SFT_DIR / "adapter" / "sft_config.json",
            "rm": out / pipeline.REWARD_DIR / "reward_model" / "reward_model.json",
-           "ppo": out / pipeline.PPO_DIR / "ppo_config.json"}.get(stage)
-    for path in (own, out / "configs" / f"{stage}.json"):
+           "ppo": out / pipeline.rl_dir(configs["ppo"].algo) / "ppo_config.json",
+           "dpo": out / pipeline.DPO_DIR / "dpo_config.json"}.get(stage)
+    for path in (own, out / "configs" / f"{_record_name(stage, configs)}.json"):
         if path is not None and path.is_file():
             saved = read_json(path, f"saved {stage} config")
             return (saved.get("config", {}) if path.name == "reward_model.json" else saved), path
@@ -190,7 +208,7 @@ def _differences(out: Path, configs: dict, stages) -> list[tuple[str, str, objec
     """(stage, field, saved value, value now) for each user-settable field that differs from the run."""
     found = []
     for stage in stages:
-        saved = _saved_config(out, stage)
+        saved = _saved_config(out, stage, configs)
         if saved is None:
             continue
         now = config_to_dict(configs[stage])
@@ -223,7 +241,7 @@ def check_resume(args, out: Path, configs: dict, stages) -> None:
 def _save_configs(out: Path, configs: dict, stages) -> None:
     """configs/<stage>.json: what each stage of this command is made with (read again by --resume)."""
     for stage in stages:
-        save_config(configs[stage], out / "configs" / f"{stage}.json")
+        save_config(configs[stage], out / "configs" / f"{_record_name(stage, configs)}.json")
 
 
 def _write_jsonl(rows, path: Path) -> None:
@@ -346,10 +364,11 @@ def stage_ppo(out: Path, cfg, args, resume: bool):
     from . import pipeline
     from .ppo import RESULT_FILE, build_trainer, plot_history, run_ppo
 
-    ppo_dir = out / pipeline.PPO_DIR
+    ppo_dir = out / pipeline.rl_dir(cfg.algo)
+    name = cfg.algo.upper()
     if resume and (ppo_dir / RESULT_FILE).is_file():
-        print(f"[ppo] done already: {short_path(ppo_dir)}")
-        return read_json(ppo_dir / RESULT_FILE, "PPO result"), None
+        print(f"[{cfg.algo}] done already: {short_path(ppo_dir)}")
+        return read_json(ppo_dir / RESULT_FILE, f"{name} result"), None
     require_stages(out, "sft", "rm")
     sft_path = pipeline.sft_adapter_path(out)
     base = read_json(sft_path / "sft_config.json", "SFT config")["model"]
@@ -357,13 +376,43 @@ def stage_ppo(out: Path, cfg, args, resume: bool):
                               model=base, reward="rm", device=args.device)
     trainer = build_trainer(cfg, out_dir=ppo_dir, resume=resume, progress=True)
     result = run_ppo(trainer, progress=True)
-    _save_figure(plot_history(result.history, kl_target=cfg.kl_target if cfg.adaptive_kl else None),
-                 out / "plots" / "ppo_training.png")
+    kl_target = cfg.kl_target if cfg.adaptive_kl and cfg.algo != "grpo" else None
+    _save_figure(plot_history(result.history, kl_target=kl_target), out / "plots" / f"{cfg.algo}_training.png")
     s = result.summary
-    print(f"[ppo] gold score {s['gold_score_sft']:+.3f} (SFT) -> {s['gold_score_ppo']:+.3f} (PPO), "
-          f"+{s['gold_gain_in_sft_std']:.2f} SFT std, KL {s['kl']:.2f} nats, "
+    print(f"[{cfg.algo}] gold score {s['gold_score_sft']:+.3f} (SFT) -> {s['gold_score_ppo']:+.3f} ({name}), "
+          f"{s['gold_gain_in_sft_std']:+.2f} SFT std, KL {s['kl']:.2f} nats, "
           f"{s['episodes_per_second']:.1f} episodes/s")
     return s, trainer
+
+
+def stage_dpo(out: Path, cfg, args, resume: bool) -> dict:
+    """DPO on the pairs (and the held-out split) the reward model in `out` was trained on, on the SFT trunk;
+    its samples scored by gold, the reward model and their KL to the SFT model, as stage 3's are."""
+    from . import pipeline
+    from .dpo import RESULT_FILE, build_dpo_trainer, plot_history, reward_model_split, run_dpo
+
+    dpo_dir = out / pipeline.DPO_DIR
+    if (dpo_dir / RESULT_FILE).is_file():
+        if resume:
+            print(f"[dpo] done already: {short_path(dpo_dir)}")
+            return read_json(dpo_dir / RESULT_FILE, "DPO result")
+        raise LabError(f"{short_path(dpo_dir)} already holds a finished DPO run; pass --resume to keep it, or choose "
+                       "another --out.")
+    require_stages(out, "sft", "rank", "rm")
+    sft_path, reward_path = pipeline.sft_adapter_path(out), pipeline.reward_model_path(out)
+    base = read_json(sft_path / "sft_config.json", "SFT config")["model"]
+    cfg = dataclasses.replace(cfg, sft=str(sft_path), reward_model=str(reward_path), model=base, device=args.device)
+    train, held_out = reward_model_split(reward_path, pipeline.rankings_path(out))
+    trainer, reward = build_dpo_trainer(cfg, train, held_out, out_dir=dpo_dir, resume=resume, progress=True)
+    result = run_dpo(trainer, reward, progress=True)
+    _save_figure(plot_history(result.history), out / "plots" / "dpo_training.png")
+    s = result.summary
+    pairs = (f"held-out pairs ordered as gold orders them {s['heldout_gold_accuracy']:.1%} "
+             f"({s['eval_pairs']} pairs), " if "heldout_gold_accuracy" in s else "")
+    print(f"[dpo] {s['train_pairs']} pairs, {pairs}gold score {s['gold_score_sft']:+.3f} (SFT) -> "
+          f"{s['gold_score_dpo']:+.3f} (DPO), {s['gold_gain_in_sft_std']:+.2f} SFT std, KL {s['kl']:.2f} nats, "
+          f"{s['pairs_per_second']:.0f} pairs/s")
+    return s
 
 
 # -----------------------------------------------------------------------------
@@ -378,7 +427,7 @@ def before_after_samples(out: Path, trainer, n_prompts: int, seed: int) -> list[
     cfg = trainer.cfg
     prompts = load_prompts(cfg.prompts, "validation", limit=n_prompts)["prompt"]
     base, _ = load_model(cfg.model, device=next(trainer.model.parameters()).device)
-    models = {"base": base, "sft": (trainer.model, None), "ppo": (trainer.model, POLICY)}
+    models = {"base": base, "sft": (trainer.model, None), cfg.algo: (trainer.model, POLICY)}
     rows = sample_models(models, prompts, trainer.tokenizer, seed=seed, max_new_tokens=cfg.max_new_tokens,
                          temperature=cfg.temperature, reward=trainer.reward)
     for row in rows:  # the report shows the normalised reward-model score, as PPO saw it
@@ -393,6 +442,8 @@ def write_report(out: Path, summary: dict, samples: list[dict]) -> Path:
     import html
 
     s = summary
+    algo = s["ppo"].get("algo", "ppo")  # stage 3's algorithm: ppo, rloo or grpo
+    name = algo.upper()
     lines = [
         "# rlhf-lab run", "",
         f"Made by `rlhf-lab run` on {time.strftime('%Y-%m-%d %H:%M')}, {'FAST' if s['fast'] else 'full'} mode, "
@@ -404,10 +455,10 @@ def write_report(out: Path, summary: dict, samples: list[dict]) -> Path:
         f"| {s['rankings']['seconds']:.0f} |",
         f"| 2b. reward model | held-out accuracy vs gold {s['reward_model']['heldout_accuracy']:.1%} "
         f"| {s['reward_model']['seconds']:.0f} |",
-        f"| 3. PPO | gold {s['ppo']['gold_score_sft']:+.3f} (SFT) -> {s['ppo']['gold_score_ppo']:+.3f} (PPO), "
+        f"| 3. {name} | gold {s['ppo']['gold_score_sft']:+.3f} (SFT) -> {s['ppo']['gold_score_ppo']:+.3f} ({name}), "
         f"KL {s['ppo']['kl']:.2f} nats, {s['ppo']['episodes_per_second']:.1f} episodes/s | {s['ppo']['seconds']:.0f} |",
         "", "![SFT loss](plots/sft_loss.png)", "![reward model](plots/reward_model_accuracy.png)",
-        "![PPO](plots/ppo_training.png)", "", "## Samples (held-out prompts, same seed for each model)", "",
+        f"![{name}](plots/{algo}_training.png)", "", "## Samples (held-out prompts, same seed for each model)", "",
         "| prompt | model | completion | gold | reward model |", "|---|---|---|---|---|",
     ]
     for row in samples[: 3 * 8]:
@@ -443,9 +494,11 @@ def run_pipeline(args) -> dict:
     ppo, trainer = stage_ppo(out, configs["ppo"], args, args.resume)
     summary["ppo"] = ppo
     if trainer is None:  # PPO was finished earlier: reload it for the samples
+        from . import pipeline
         from .ppo import build_trainer
-        cfg = dataclasses.replace(configs["ppo"], **read_json(out / "04_ppo" / "ppo_config.json", "PPO config"))
-        trainer = build_trainer(cfg, out_dir=out / "04_ppo", resume=True, progress=False)
+        ppo_dir = out / pipeline.rl_dir(configs["ppo"].algo)
+        cfg = dataclasses.replace(configs["ppo"], **read_json(ppo_dir / "ppo_config.json", "PPO config"))
+        trainer = build_trainer(cfg, out_dir=ppo_dir, resume=True, progress=False)
     samples = before_after_samples(out, trainer, n_prompts=16 if args.fast else 64, seed=seed)
     summary["seconds"] = time.time() - start
     summary["stage_seconds"] = {"sft": summary["sft"]["seconds"], "rankings": summary["rankings"]["seconds"],
@@ -473,6 +526,8 @@ def run_stage(args) -> None:
         stage_rm(out, configs["rm"], args, args.resume)
     elif stage == "ppo":
         stage_ppo(out, configs["ppo"], args, args.resume)
+    elif stage == "dpo":
+        stage_dpo(out, configs["dpo"], args, args.resume)
 
 
 # -----------------------------------------------------------------------------

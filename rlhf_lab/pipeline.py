@@ -3,7 +3,8 @@
     runs/01_sft/adapter               notebook 01: the SFT LoRA adapter        ensure_sft()
     runs/02_rankings/rankings.jsonl   notebook 02: rankings of K samples       ensure_rankings()
     runs/03_reward_model/reward_model notebook 03: the saved reward model      ensure_reward_model()
-    runs/04_ppo/                      notebook 04: PPO
+    runs/04_ppo/                      notebook 04: PPO (the command line's --algo rloo, grpo: 04_rloo, 04_grpo)
+    runs/05_dpo/                      `rlhf-lab dpo`: DPO on the reward model's pairs
 
 When a result is missing, the quick one is made with the stage's own functions and saved in the
 same place (so the next notebook finds it), with one printed line that says so.
@@ -22,6 +23,7 @@ from .config_args import Count, Range, Seed, check_config
 from .utils import read_json, run_dir, short_path
 
 SFT_DIR, RANKINGS_DIR, REWARD_DIR, PPO_DIR = "01_sft", "02_rankings", "03_reward_model", "04_ppo"
+DPO_DIR = "05_dpo"
 K_DEFAULT = 4  # samples ranked per prompt: InstructGPT ranked K = 4..9; 4 keeps a ranking quick for a person
 N_RANKINGS = {False: 400, True: 60}  # full: 400 x 6 = 2,400 pairs: 15% of prompts held out, the rest
 # capped at MAX_PAIRS; FAST: seconds
@@ -41,6 +43,11 @@ class RankConfig:
 
     def __post_init__(self):
         check_config(self)
+
+
+def rl_dir(algo: str = "ppo") -> str:
+    """Stage 3's folder for an algorithm: 04_ppo, 04_rloo, 04_grpo (side by side, to compare them)."""
+    return PPO_DIR if algo == "ppo" else f"04_{algo}"
 
 
 def sft_adapter_path(root: str | Path | None = None) -> Path:

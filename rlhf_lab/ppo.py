@@ -1,4 +1,5 @@
-"""Stage 3: PPO on the KL-shaped reward, with policy, value, reference and reward model on one trunk.
+"""Stage 3: PPO on the KL-shaped reward, with policy, value, reference and reward model on one trunk;
+and its critic-free cousins RLOO and GRPO, the same loop with other advantages (cfg.algo).
 
     cfg = ppo_config(fast=False)                 # SFT adapter and reward model from rlhf_lab.pipeline
     result = train_ppo(cfg, out_dir="runs/04_ppo/ppo")           # resume=True after an interruption
@@ -32,32 +33,40 @@ One step (CleanRL's ppo.py order; names from the papers):
      gradient clipping, Adam;
   4. the KL controller updates beta from the batch's KL.
 All the math is in ppo_math.py (pure functions, tested on hand-made tensors); this file is the loop.
+
+RLOO (Ahmadian et al. 2024) and GRPO (Shao et al. 2024), cfg.algo = "rloo" or "grpo", run the same
+loop: the same rollouts, scores, checks, checkpoints and evaluation, with k = cfg.group_size samples
+of each prompt in a batch and no value head. Only step 2 and the loss differ:
+  - rloo: one reward per response, score - beta * its summed KL (the KL in the reward, as PPO);
+    advantage = reward - mean reward of the other k - 1 samples of the prompt (rloo_advantages);
+  - grpo: advantage = (score - group mean) / group std (grpo_advantages); the KL is not in the reward
+    but a loss term, kl_loss_coef * k3 KL to the reference (kl_loss);
+each response's advantage goes to every one of its tokens, into PPO's clipped policy_loss.
+The trunk (sampling, the forward pass, adapters) is in trunk.py, the held-out comparisons in
+evaluation.py, the figures in rl_plots.py; their names are imported here too, for the notebooks.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
-import math
-import random
 import shutil
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Callable, Protocol
 
 import numpy as np
 import torch
-from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .config_args import (Count, Device, Finite, Fraction, NonNegative, OneOf, Positive, Range, Seed,
                           check_config)
-from .generation import Rollout, check_fits, decode_responses, encode_prompts, first_eos_mask
+from .evaluation import compare_with_sft, evaluate_samples, rng_kept, sample_models  # noqa: F401 (re-exported)
+from .generation import Rollout, check_fits, decode_responses
 from .gold import gold_scores
 from .ppo_math import (
     AdaptiveKLController,
@@ -65,20 +74,23 @@ from .ppo_math import (
     entropy_from_logits,
     explained_variance,
     gae,
-    kl_estimate,
+    grpo_advantages,
+    kl_loss,
     kl_shaped_rewards,
     logprobs_from_logits,
     masked_mean,
     masked_whiten,
     policy_loss,
+    rloo_advantages,
     value_loss,
 )
-from .reward_model import using_adapter
-from .utils import (ConfigError, LabError, TrainingDiverged, autocast, config_to_dict, pick_device, reading_saved,
-                    save_config, set_seed)
+from .rl_plots import LivePlot, plot_diagnostics, plot_history, plot_kl_tradeoff  # noqa: F401 (re-exported)
+from .trunk import (POLICY, REWARD, add_policy_adapter, build_trunk, causal_lm, forward_response,  # noqa: F401
+                    parameter_memory, sample_from, sample_responses, save_adapter, use_adapter, use_fused_gelu)
+from .utils import (ConfigError, LabError, TrainingDiverged, config_to_dict, pick_device, reading_saved,
+                    replacing_folder, rng_states, save_config, saved_folder, set_rng_states, set_seed, write_torch)
 
-POLICY = "policy"  # the policy's adapter name on the shared trunk
-REWARD = "reward"  # the reward model's adapter name (reward_model.ADAPTER_NAME)
+ALGOS = ("ppo", "rloo", "grpo")
 CONFIG_FILE = "ppo_config.json"
 RESULT_FILE = "ppo_result.json"
 METRICS_FILE = "metrics.jsonl"
@@ -94,6 +106,11 @@ CHECKPOINT_DIR = "checkpoint"
 class PPOConfig:
     """Everything that decides a PPO run; saved as ppo_config.json with the run."""
 
+    algo: Annotated[str, OneOf(*ALGOS)] = "ppo"  # ppo (value head, GAE), rloo (leave-one-out), grpo (group-normalised)
+    # ppo: Ziegler et al. 2019; rloo: KL in the reward (Ahmadian et al. 2024); grpo: KL as a loss term (Shao et
+    # al. 2024). rloo and grpo have no value head and sample group_size responses per prompt
+    group_size: Count | None = None  # k samples per prompt in a batch; None: 1 for ppo, 4 for rloo and grpo
+    # (Ahmadian et al. found k = 4 better than 2; batch_size / k prompts keep a batch's cost)
     # models and data
     model: str = "tiny"  # the pretrained model under the SFT adapter (the "base" of comparisons)
     sft: str | None = None  # SFT adapter folder, merged into the trunk; None: pipeline.ensure_sft()
@@ -112,7 +129,8 @@ class PPOConfig:
     # 2019); the stage-2 RM is normalised on SFT samples already, other rewards get a gain and bias here
     norm_episodes: Annotated[int, Range(2)] = 256  # samples of the initial policy that fit that gain and bias
     # the KL penalty
-    kl_coef: NonNegative = 0.15  # beta at the start (Ziegler et al. 2019's stylistic tasks)
+    kl_coef: NonNegative = 0.15  # ppo, rloo: beta at the start (Ziegler et al. 2019's stylistic tasks)
+    # beta * KL goes into the reward; grpo has kl_loss_coef instead
     adaptive_kl: bool = True  # move beta towards kl_target (Ziegler et al. 2019, 2.2); False: beta fixed
     kl_target: Positive = 4.0  # nats per response the controller aims at: Ziegler et al. used 6; here the gold
     # score gains little beyond ~4 nats, and held-out KL runs up to ~1.5 nats above the batch KL (a heavy
@@ -125,18 +143,23 @@ class PPOConfig:
     # the adaptive controller holds the KL near its target, so 3x means PPO is running away from the SFT model
     stop_at_kl_bound: bool = False  # stop the run at kl_bound instead of warning (a fixed beta = 0 may
     # drift far on purpose, a lesson in itself, so the default only warns)
+    kl_loss_coef: NonNegative = 0.2  # grpo: fixed beta of the k3 KL term in its loss (Shao et al.: 0.04)
+    # 40 updates on the tiny world, seed 0: 0.04 drifts to 21 nats of KL, 0.1 to 8.2, 0.2 to 4.5 (near PPO's
+    # kl_target). grpo's reward has no KL, so kl_coef and the adaptive controller do not apply to it
+    group_std: bool = True  # grpo: advantages / the group's std (Shao et al.); off: Dr. GRPO (Liu et al. 2025)
     # PPO
     ppo_epochs: Count = 4  # passes over each batch (Ziegler et al. 2019; N details)
     minibatch_size: Count = 32  # episodes per gradient step: 2 minibatches x 4 epochs = 8 steps per update
     micro_batch_size: Count | None = None  # episodes per forward/backward pass inside a minibatch (gradient
     # accumulation, the same update): less activation memory; None: the whole minibatch in one pass
     clip_range: Positive = 0.2  # PPO's epsilon for the policy ratio (Schulman et al. 2017; N details)
-    clip_range_value: Positive = 0.2  # how far a value may move from its rollout value (N details)
-    vf_coef: NonNegative = 0.1  # weight of the value loss; small, as value and policy share the trunk (N
+    clip_range_value: Positive = 0.2  # ppo: how far a value may move from its rollout value (N details)
+    vf_coef: NonNegative = 0.1  # ppo: weight of the value loss; small, as value and policy share the trunk (N
     # details)
-    gamma: Fraction = 1.0  # no discounting within a response (Ziegler et al. 2019)
-    lam: Fraction = 0.95  # GAE lambda (Ziegler et al. 2019; N details)
-    whiten_advantages: bool = True  # zero mean, unit variance per batch (N details)
+    gamma: Fraction = 1.0  # ppo: no discounting within a response (Ziegler et al. 2019)
+    lam: Fraction = 0.95  # ppo: GAE lambda (Ziegler et al. 2019; N details)
+    whiten_advantages: bool = True  # ppo: zero mean, unit variance per batch (N details)
+    # rloo's and grpo's advantages are used as their papers define them
     lr: Positive = 1e-3  # Adam on LoRA and the value head; LoRA takes larger steps than full fine-tuning
     adam_eps: Positive = 1e-5  # CleanRL's and lm-human-preferences' Adam epsilon
     max_grad_norm: Positive = 1.0  # clip the global gradient norm (N details: 1.0 in TRL's PPO)
@@ -165,6 +188,20 @@ class PPOConfig:
             raise ConfigError(f"micro_batch_size={self.micro_batch_size} must lie between 1 and minibatch_size="
                               f"{self.minibatch_size} (None: the whole minibatch in one pass).", "PPOConfig",
                               ("micro_batch_size", "minibatch_size"))
+        k = self.samples_per_prompt
+        if self.algo != "ppo" and k < 2:
+            raise ConfigError(f"algo={self.algo!r} needs group_size >= 2: each sample's baseline comes from the "
+                              f"other samples of its prompt (got {k}); e.g. group_size=4.", "PPOConfig",
+                              ("group_size", "algo"))
+        if self.batch_size % k:
+            raise ConfigError(f"batch_size={self.batch_size} is not a multiple of group_size={k} (samples per "
+                              f"prompt); choose sizes that divide (e.g. 64 and 4).", "PPOConfig",
+                              ("batch_size", "group_size"))
+
+    @property
+    def samples_per_prompt(self) -> int:
+        """k, the samples of each prompt in a batch: group_size, or 1 for ppo and 4 for rloo and grpo."""
+        return self.group_size if self.group_size is not None else (1 if self.algo == "ppo" else 4)
 
     @property
     def kl_bound_value(self) -> float:
@@ -248,52 +285,7 @@ class TrunkRewardModel:
 
 
 # -----------------------------------------------------------------------------
-# the shared trunk
-
-
-def build_trunk(sft: str | Path, base: str | None = None, device="auto"):
-    """(trunk, tokenizer): the pretrained model with the SFT adapter merged in, a plain transformers model.
-
-    Merged in place (merge_and_unload), not copied: this trunk is the only copy of the backbone.
-    """
-    from .sft import load_sft
-
-    peft_sft, tokenizer = load_sft(sft, device=device, base=base)
-    trunk = peft_sft.merge_and_unload()  # W + (alpha / r) B A, adapter layers removed
-    trunk.eval()
-    return trunk, tokenizer
-
-
-def add_policy_adapter(trunk, cfg: PPOConfig) -> PeftModel:
-    """Wrap the trunk (in place, as peft does) with the fresh LoRA adapter "policy"; only it trains.
-
-    LoRA's B starts at 0, so the policy starts exactly as the SFT model: on the first step the KL to
-    the reference is 0 and the PPO ratio is 1.
-    """
-    from .sft import lora_adapter
-    if cfg.fused_gelu:
-        use_fused_gelu(trunk)
-    model = lora_adapter(trunk, cfg.target_modules, cfg.r, cfg.lora_alpha, lora_dropout=0.0,  # dropout off in RL
-                         adapter_name=POLICY)
-    model.eval()
-    return model
-
-
-def use_fused_gelu(model) -> int:
-    """Swap GPT-2's gelu_new modules for transformers' GELUTanh, in place; returns how many.
-
-    Both compute 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). gelu_new spells it out in 8 PyTorch
-    ops, and autograd keeps several of their results for the backward pass; GELUTanh is torch's fused
-    gelu(approximate="tanh"), which keeps only its input (transformers: "equivalent to NewGELU ... but
-    much faster", equal up to rounding). In the PPO update that is ~40% less activation memory.
-    """
-    from transformers.activations import GELUTanh, NewGELUActivation
-
-    swaps = [(parent, name) for parent in model.modules() for name, child in parent.named_children()
-             if type(child) is NewGELUActivation]
-    for parent, name in swaps:
-        setattr(parent, name, GELUTanh())
-    return len(swaps)
+# the value head (the trunk itself: rlhf_lab/trunk.py)
 
 
 def new_value_head(hidden_size: int) -> torch.nn.Linear:
@@ -303,137 +295,6 @@ def new_value_head(hidden_size: int) -> torch.nn.Linear:
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)
     return head
-
-
-@contextmanager
-def use_adapter(model, adapter: str | None):
-    """Run `model` with one adapter active (None: all adapters off, i.e. the reference), then restore.
-
-    A named adapter goes through reward_model.using_adapter, the one place that switches adapters on
-    the shared trunk. peft's set_adapter makes the chosen adapter trainable and freezes the others, and
-    leaving disable_adapter() makes the active one trainable: neither may leak out of a scoring call in
-    the middle of a PPO step, so every requires_grad flag is put back as it was.
-    """
-    if not isinstance(model, PeftModel):
-        yield model
-        return
-    if adapter is not None:
-        with using_adapter(model, adapter):
-            yield model
-        return
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        with model.disable_adapter():
-            yield model
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-def causal_lm(model):
-    """The transformers model inside a PeftModel (peft injects its layers into it, in place)."""
-    return model.get_base_model() if isinstance(model, PeftModel) else model
-
-
-def forward_response(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, query_length: int,
-                     value_head: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits (and values) at the response positions, from one pass through the trunk.
-
-    input_ids, attention_mask # (B, Tq + T): left-padded query, then the right-padded response
-    returns logits            # (B, T, V): logits[:, t] is the distribution that produced response[:, t]
-            values            # (B, T): V(s_t), the state before response token t (None without a head)
-    Runs whichever adapter is active. The lm head is applied to the T response positions only.
-    """
-    lm = causal_lm(model)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, Tq + T) real tokens only
-    with autocast(input_ids.device):  # bf16 on a GPU that has it; logprobs_from_logits upcasts
-        hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               use_cache=False).last_hidden_state    # (B, Tq + T, C), after the final layer norm
-        hidden = hidden[:, query_length - 1:-1].contiguous()         # (B, T, C): position i predicts token i + 1
-        logits = lm.get_output_embeddings()(hidden)                  # (B, T, V)
-    values = value_head(hidden.to(value_head.weight.dtype)).squeeze(-1) if value_head is not None else None  # (B, T)
-    return logits, values
-
-
-def sample_from(probs: torch.Tensor) -> torch.Tensor:
-    """One token per row of `probs` # (B, V), drawn by inverting the CDF with one uniform number per row.
-
-    The same distribution as torch.multinomial(probs, 1), which draws one exponential number per
-    vocabulary entry: at B = 64 and V ~ 3k that was ~35% of the tiny model's sampling time.
-    returns # (B,) long
-    """
-    cdf = probs.cumsum(-1)                                                   # (B, V)
-    u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]  # (B, 1) in [0, total)
-    # right=True: the first index whose cdf exceeds u, so a token of probability 0 is never drawn
-    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)  # (B,)
-
-
-@torch.no_grad()
-def sample_responses(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, temperature: float = 1.0,
-                     return_logprobs: bool = False):
-    """generation.generate_tokens's job, as the explicit KV-cache loop: left-padded prompts in, a
-    Rollout out (responses cut at the first EOS, pad after it). Runs whichever adapter is active.
-
-    Sampling as RLHF does it (Ziegler et al. 2019): the full distribution (top_k 0, top_p 1) at
-    `temperature`. One pass over the prompts fills the cache; then one token per step, with the
-    position ids counted from the attention mask, until every response has its EOS.
-    return_logprobs: also return # (B, T) the log-probs of the sampled tokens under the distribution
-    they were drawn from (0 after EOS), to check that PPO's recomputed log-probs agree.
-    """
-    with autocast(next(model.parameters()).device):  # bf16 on a GPU that has it; sampling in fp32
-        return _sample_responses(model, tokenizer, prompts, max_new_tokens, temperature, return_logprobs)
-
-
-def _sample_responses(model, tokenizer, prompts, max_new_tokens, temperature, return_logprobs):
-    lm = causal_lm(model)
-    device = next(model.parameters()).device
-    query, query_mask = encode_prompts(tokenizer, prompts, device)                       # (B, Tq)
-    B = query.shape[0]
-    attention_mask = query_mask
-    position_ids = (query_mask.cumsum(-1) - 1).clamp(min=0)                            # (B, Tq)
-    out = lm.base_model(input_ids=query, attention_mask=attention_mask, position_ids=position_ids,
-                        use_cache=True)
-    next_position = position_ids[:, -1:] + 1                                           # (B, 1)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)                         # (B,)
-    pad = torch.full((B,), tokenizer.pad_token_id, device=device)
-    tokens, logprobs = [], []
-    for _ in range(max_new_tokens):
-        logits = lm.get_output_embeddings()(out.last_hidden_state[:, -1]).float() / temperature  # (B, V)
-        token = torch.where(finished, pad, sample_from(torch.softmax(logits, dim=-1)))          # (B,)
-        if return_logprobs:
-            logprob = torch.log_softmax(logits, -1).gather(-1, token[:, None]).squeeze(-1)     # (B,)
-            logprobs.append(torch.where(finished, torch.zeros_like(logprob), logprob))
-        tokens.append(token)
-        finished |= token == tokenizer.eos_token_id
-        if bool(finished.all()):
-            break
-        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
-        out = lm.base_model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position,
-                            cache=out.cache, use_cache=True)
-        next_position = next_position + 1
-    response = torch.stack(tokens, dim=1)                                              # (B, T)
-    response_mask, ended = first_eos_mask(response, tokenizer.eos_token_id)
-    rollout = Rollout(query, query_mask, response, response_mask, ended)
-    return (rollout, torch.stack(logprobs, dim=1)) if return_logprobs else rollout
-
-
-def parameter_memory(model, heads=()) -> dict:
-    """Bytes of parameters by role, each storage counted once however many modules share it.
-
-    model: the shared PeftModel (backbone + adapters); heads: the value head, the reward head.
-    The proof of "one trunk in memory": the policy, the reference and the reward model all read the
-    same backbone storages, so "backbone" is the size of one GPT-2.
-    """
-    seen, roles = set(), {"backbone": 0, "adapters": 0, "heads": 0}
-    named = [(name, p, "adapters" if "lora_" in name else "backbone") for name, p in model.named_parameters()]
-    named += [(name, p, "heads") for head in heads for name, p in head.named_parameters()]
-    for name, p, role in named:
-        storage = p.untyped_storage()
-        if storage.data_ptr() not in seen:  # tied weights (GPT-2's wte and lm_head) count once
-            seen.add(storage.data_ptr())
-            roles[role] += storage.nbytes()
-    roles["total"] = sum(roles.values())
-    return roles
 
 
 # -----------------------------------------------------------------------------
@@ -454,14 +315,15 @@ class Batch:
     ended: torch.Tensor            # (B,) bool
     logprobs: torch.Tensor         # (B, T) policy at rollout (the "old" log-probs)
     ref_logprobs: torch.Tensor     # (B, T) reference = trunk with adapters off
-    values: torch.Tensor           # (B, T) value head at rollout
+    values: torch.Tensor | None    # (B, T) value head at rollout (None: rloo and grpo have none)
     entropy: torch.Tensor          # (B, T) policy entropy at each position
     raw_scores: torch.Tensor       # (B,) the reward's scores as they came
     scores: torch.Tensor           # (B,) normalised, with no_eos_score for unfinished responses
 
 
 class PPOTrainer:
-    """PPO on one shared trunk. `step()` runs one update and returns its metrics; `train()` runs all.
+    """PPO (or RLOO, GRPO: cfg.algo) on one shared trunk. `step()` runs one update and returns its
+    metrics; `train()` runs all.
 
     model:     a PeftModel with the adapter "policy" (add_policy_adapter); the reference is the same
                model with adapters disabled
@@ -491,15 +353,21 @@ class PPOTrainer:
         set_seed(cfg.seed)
         model.set_adapter(POLICY)  # the policy active and trainable; every other adapter frozen
         model.eval()  # dropout off in every model during RL, the update included (N details)
-        self.value_head = new_value_head(causal_lm(model).config.hidden_size).to(self.device)
+        self.name = cfg.algo.upper()  # in progress bars and messages: PPO, RLOO, GRPO
+        # only PPO has a critic; RLOO and GRPO take their baseline from the other samples of a prompt
+        self.value_head = (new_value_head(causal_lm(model).config.hidden_size).to(self.device)
+                           if cfg.algo == "ppo" else None)
         self.policy_params = [p for name, p in model.named_parameters() if p.requires_grad]
         if not self.policy_params or not all(f".{POLICY}." in n for n, p in model.named_parameters()
                                              if p.requires_grad):
             raise LabError("internal: only the policy adapter's weights may train.")
-        self.params = self.policy_params + list(self.value_head.parameters())
+        self.params = self.policy_params + (list(self.value_head.parameters()) if self.value_head else [])
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, eps=cfg.adam_eps)
-        self.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
-                       else FixedKLController(cfg.kl_coef))
+        if cfg.algo == "grpo":  # beta weighs GRPO's KL loss term, fixed (Shao et al. 2024)
+            self.kl_ctl = FixedKLController(cfg.kl_loss_coef)
+        else:  # beta weighs the KL in the reward
+            self.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
+                           else FixedKLController(cfg.kl_coef))
         self.score_gain, self.score_bias = 1.0, 0.0  # normalised = gain * raw + bias
         self.score_normalisation_fitted = False
         self.step_count = 0  # updates done
@@ -512,15 +380,17 @@ class PPOTrainer:
 
     def batch_prompts(self, step: int, n: int | None = None) -> list[str]:
         """The prompts of update `step`: passes over the prompt set, each in its own seeded order, so a
-        resumed run sees exactly the prompts the uninterrupted run would have seen."""
-        n = n or self.cfg.batch_size
+        resumed run sees exactly the prompts the uninterrupted run would have seen. n distinct prompts
+        (default batch_size / k), each repeated k = cfg.samples_per_prompt times in a row: a group."""
+        k = self.cfg.samples_per_prompt
+        n = n or self.cfg.batch_size // k
         out = []
         for i in range(step * n, (step + 1) * n):
             epoch, j = divmod(i, len(self.prompts))
             if epoch not in self._prompt_orders:
                 g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
                 self._prompt_orders = {epoch: torch.randperm(len(self.prompts), generator=g).tolist()}
-            out.append(self.prompts[self._prompt_orders[epoch][j]])
+            out += [self.prompts[self._prompt_orders[epoch][j]]] * k
         return out
 
     @torch.no_grad()
@@ -593,7 +463,7 @@ class PPOTrainer:
     # --- one PPO update ----------------------------------------------------------------------------
 
     def step(self) -> dict:
-        """One PPO update: rollout, KL-shaped rewards, GAE, ppo_epochs of minibatches, beta update."""
+        """One update: rollout, advantages (cfg.algo's), ppo_epochs of minibatches, beta update."""
         cfg = self.cfg
         if not self.score_normalisation_fitted:
             self.fit_score_normalisation()
@@ -608,11 +478,21 @@ class PPOTrainer:
 
         # 2. rewards and advantages ------------------------------------------------------------------
         kl_coef = self.kl_ctl.value
-        rewards, kl = kl_shaped_rewards(batch.scores, batch.logprobs, batch.ref_logprobs, mask, kl_coef,
+        kl_in_reward = 0.0 if cfg.algo == "grpo" else kl_coef  # GRPO's KL is a loss term instead
+        rewards, kl = kl_shaped_rewards(batch.scores, batch.logprobs, batch.ref_logprobs, mask, kl_in_reward,
                                         cfg.kl_kind)                                   # (B, T), (B, T)
-        advantages, returns = gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)    # (B, T), (B, T)
-        if cfg.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)                               # (B, T)
+        returns = None
+        if cfg.algo == "ppo":
+            advantages, returns = gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)    # (B, T), (B, T)
+            if cfg.whiten_advantages:
+                advantages = masked_whiten(advantages, mask)                           # (B, T)
+        else:
+            sequence_rewards = rewards.sum(1)  # (B,) rloo: score - beta * summed KL; grpo: the score
+            k = cfg.samples_per_prompt
+            advantages = (rloo_advantages(sequence_rewards, k) if cfg.algo == "rloo"
+                          else grpo_advantages(sequence_rewards, k, cfg.group_std))   # (B,)
+            # the same advantage for every token of a response (Shao et al. 2024: outcome supervision)
+            advantages = torch.where(mask.bool(), advantages[:, None], torch.zeros_like(rewards))  # (B, T)
 
         # 3. ppo_epochs passes over shuffled minibatches ----------------------------------------------
         update_start = time.perf_counter()
@@ -628,24 +508,13 @@ class PPOTrainer:
                 parts = []
                 for inds in mb_inds.split(cfg.micro_batch_size or cfg.minibatch_size):
                     share = mask[inds].sum() / mb_tokens
-                    logits, vpred = forward_response(self.model, batch.input_ids[inds], batch.attention_mask[inds],
-                                                     batch.query_length, self.value_head)  # (b, T, V), (b, T)
-                    new_logprobs = logprobs_from_logits(logits, batch.response[inds], cfg.temperature)  # (b, T)
-                    del logits  # (b, T, V): the backward pass does not need it; free it before
-                    pg_loss, pg_stats = policy_loss(new_logprobs, batch.logprobs[inds], advantages[inds],
-                                                    mask[inds], cfg.clip_range)
-                    vf_loss, vf_stats = value_loss(vpred, batch.values[inds], returns[inds], mask[inds],
-                                                   cfg.clip_range_value)
-                    loss = pg_loss + cfg.vf_coef * vf_loss
-                    for name, value in (("the policy loss (pg_loss)", pg_loss), ("the value loss (vf_loss)", vf_loss)):
-                        self._stop_if_not_finite(value, name, BLOW_UP_ADVICE, where=f", PPO epoch {epoch + 1}")
+                    loss, stats = self._loss(batch, inds, advantages, returns, kl_coef, epoch)
                     (loss * share).backward()
-                    parts.append((share.item(), {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item()}
-                                  | {k: v.item() for k, v in (pg_stats | vf_stats).items()}))
+                    parts.append((share.item(), {k: v.item() for k, v in stats.items()}))
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 # an optimizer step on a NaN gradient would make every weight NaN: stop before it
                 self._stop_if_not_finite(grad_norm, "the gradient norm", BLOW_UP_ADVICE,
-                                         where=f", PPO epoch {epoch + 1}")
+                                         where=f", {self.name} epoch {epoch + 1}")
                 self.optimizer.step()
                 stats = {k: sum(w * p[k] for w, p in parts) for k in parts[0][1]}  # token-weighted means
                 stats["ratio_max"] = max(p["ratio_max"] for _, p in parts)
@@ -672,18 +541,27 @@ class PPOTrainer:
             "score_normalised": batch.scores.mean().item(),  # what entered the reward (no-EOS score included)
             "gold": float(np.mean(gold)),
             "kl": mean_kl,
-            "kl_coef": kl_coef,  # beta used for this batch
-            "non_score_reward": (-kl_coef * kl.sum(1)).mean().item(),
+            "kl_coef": kl_coef,  # beta used for this batch (grpo: of its KL loss term)
+            "non_score_reward": (-kl_in_reward * kl.sum(1)).mean().item(),
             "entropy": masked_mean(batch.entropy, mask).item(),  # nats per token
             "approx_kl": mb_mean("approx_kl"),
             "clipfrac": mb_mean("clipfrac"),
-            "vf_clipfrac": mb_mean("vf_clipfrac"),
+        }
+        if self.value_head is not None:
+            metrics["vf_clipfrac"] = mb_mean("vf_clipfrac")
+        metrics |= {
             "ratio_mean": mb_mean("ratio_mean"),
             "ratio_max": max(s["ratio_max"] for s in self.minibatch_stats),
             "pg_loss": mb_mean("pg_loss"),
-            "vf_loss": mb_mean("vf_loss"),
-            "grad_norm": mb_mean("grad_norm"),
-            "explained_variance": explained_variance(batch.values, returns, mask).item(),
+        }
+        if self.value_head is not None:
+            metrics["vf_loss"] = mb_mean("vf_loss")
+        if cfg.algo == "grpo":
+            metrics["kl_loss"] = mb_mean("kl_loss")  # nats per token, k3, averaged over the minibatches
+        metrics["grad_norm"] = mb_mean("grad_norm")
+        if self.value_head is not None:
+            metrics["explained_variance"] = explained_variance(batch.values, returns, mask).item()
+        metrics |= {
             "response_length": mask.sum(1).float().mean().item(),
             "eos_share": batch.ended.float().mean().item(),
             "seconds": seconds,
@@ -698,6 +576,33 @@ class PPOTrainer:
                 f.write(json.dumps(metrics) + "\n")
         return metrics
 
+    def _loss(self, batch: Batch, inds: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor | None,
+              kl_coef: float, epoch: int) -> tuple[torch.Tensor, dict]:
+        """The loss of the episodes `inds` of a minibatch, and its stats (0-d tensors): PPO's clipped policy
+        loss for every algo, plus vf_coef * the clipped value loss (ppo) or kl_coef * the k3 KL to the
+        reference (grpo, Shao et al. 2024 eq. 3)."""
+        cfg, mask = self.cfg, batch.mask[inds]
+        logits, vpred = forward_response(self.model, batch.input_ids[inds], batch.attention_mask[inds],
+                                         batch.query_length, self.value_head)  # (b, T, V), (b, T) or None
+        new_logprobs = logprobs_from_logits(logits, batch.response[inds], cfg.temperature)  # (b, T)
+        del logits  # (b, T, V): the backward pass does not need it; free it before
+        pg_loss, pg_stats = policy_loss(new_logprobs, batch.logprobs[inds], advantages[inds], mask, cfg.clip_range)
+        terms, stats = {"the policy loss (pg_loss)": pg_loss}, {"pg_loss": pg_loss} | pg_stats
+        loss = pg_loss
+        if self.value_head is not None:
+            vf_loss, vf_stats = value_loss(vpred, batch.values[inds], returns[inds], mask, cfg.clip_range_value)
+            loss = loss + cfg.vf_coef * vf_loss
+            terms["the value loss (vf_loss)"] = vf_loss
+            stats |= {"vf_loss": vf_loss} | vf_stats
+        if cfg.algo == "grpo":
+            kl_term = kl_loss(new_logprobs, batch.ref_logprobs[inds], mask)
+            loss = loss + kl_coef * kl_term
+            terms["the KL loss (kl_loss)"] = kl_term
+            stats["kl_loss"] = kl_term
+        for name, value in terms.items():
+            self._stop_if_not_finite(value, name, BLOW_UP_ADVICE, where=f", {self.name} epoch {epoch + 1}")
+        return loss, {k: v.detach() for k, v in stats.items()}
+
     # --- a run that goes wrong stops, or warns, in words -------------------------------------------
 
     def _stop_if_not_finite(self, values, name: str, advice: str, where: str = "", when: str | None = None) -> None:
@@ -708,7 +613,7 @@ class PPOTrainer:
         if bool(bad.any()):
             when = when or f"at step {self.step_count + 1} of {self.cfg.steps}{where}"
             count = f"{int(bad.sum())} of {values.numel()} values are" if values.numel() > 1 else "it is"
-            raise TrainingDiverged(f"PPO stopped {when}: {name} is not a finite number ({count} NaN or "
+            raise TrainingDiverged(f"{self.name} stopped {when}: {name} is not a finite number ({count} NaN or "
                                    f"infinite). {advice}")
 
     def _check_rollout(self, batch: Batch) -> None:
@@ -717,11 +622,12 @@ class PPOTrainer:
         example = (f" (e.g. for the response {batch.completions[bad[0]][:40]!r} to the prompt "
                    f"{batch.prompts[bad[0]][:40]!r})") if bad else ""
         self._stop_if_not_finite(batch.raw_scores, f"the reward ({self.reward.name}){example}",
-                                 "Check the reward function (a division by zero? a log of 0?); PPO cannot learn "
-                                 "from such scores.")
+                                 "Check the reward function (a division by zero? a log of 0?); "
+                                 f"{self.name} cannot learn from such scores.")
         mask = batch.mask.bool()
         self._stop_if_not_finite(batch.logprobs[mask], "the policy's log-probs", BLOW_UP_ADVICE)
-        self._stop_if_not_finite(batch.values[mask], "the value head's values", BLOW_UP_ADVICE)
+        if batch.values is not None:
+            self._stop_if_not_finite(batch.values[mask], "the value head's values", BLOW_UP_ADVICE)
         self._stop_if_not_finite(batch.ref_logprobs[mask], "the reference (SFT) model's log-probs",
                                  "The SFT adapter is damaged: train SFT again.")
 
@@ -735,14 +641,15 @@ class PPOTrainer:
         message = (f"step {self.step_count + 1} of {cfg.steps}: KL(policy || SFT) is {mean_kl:.1f} nats per "
                    f"response, past the bound of {bound:g} ({source}); the policy is drifting far from the SFT "
                    "model, where the reward model's judgement no longer holds.")
-        advice = (" To keep it nearer: a lower lr, a larger kl_coef, or the adaptive controller (adaptive_kl); "
-                  "to allow it: a larger kl_bound.")
+        nearer = ("a larger kl_loss_coef" if cfg.algo == "grpo" else
+                  "a larger kl_coef, or the adaptive controller (adaptive_kl)")
+        advice = f" To keep it nearer: a lower lr, {nearer}; to allow it: a larger kl_bound."
         if cfg.stop_at_kl_bound:
-            raise TrainingDiverged(f"PPO stopped at {message}{advice} (stop_at_kl_bound is on; switch it off to "
-                                   "only warn.)")
+            raise TrainingDiverged(f"{self.name} stopped at {message}{advice} (stop_at_kl_bound is on; switch it "
+                                   "off to only warn.)")
         if not self._kl_warned:
             self._kl_warned = True
-            warnings.warn(KLBoundWarning(f"PPO {message}{advice} Training goes on (stop_at_kl_bound stops it "
+            warnings.warn(KLBoundWarning(f"{self.name} {message}{advice} Training goes on (stop_at_kl_bound stops it "
                                          "instead); this warning comes once a run."), stacklevel=4)
 
     def train(self, steps: int | None = None, callback: Callable[[dict, "PPOTrainer"], None] | None = None,
@@ -752,7 +659,7 @@ class PPOTrainer:
         callback(metrics, trainer) runs after every update (the notebook's live plot uses it).
         """
         steps = self.cfg.steps if steps is None else steps
-        bar = tqdm(total=steps, initial=self.step_count, desc="PPO", disable=not progress)
+        bar = tqdm(total=steps, initial=self.step_count, desc=self.name, disable=not progress)
         while self.step_count < steps:
             metrics = self.step()
             bar.update(1)
@@ -773,47 +680,29 @@ class PPOTrainer:
         controller, score normalisation, step, history and RNG states. Written to a temporary folder
         and then renamed, so a kill during the save leaves the previous checkpoint whole."""
         path = Path(path) if path is not None else self.out_dir / CHECKPOINT_DIR
-        tmp = path.with_name(path.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_adapter(self.model, POLICY, tmp / "policy")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()},
-                  str(tmp / VALUE_HEAD_FILE))
-        np_state = np.random.get_state()
-        state = {
-            "step": self.step_count,
-            "history": self.history,
-            "kl_ctl": dict(vars(self.kl_ctl)),
-            "score_gain": self.score_gain,
-            "score_bias": self.score_bias,
-            "score_normalisation_fitted": self.score_normalisation_fitted,
-            "optimizer": self.optimizer.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-                "python": random.getstate(),
-            },
-            "config": config_to_dict(self.cfg),
-        }
-        buffer = io.BytesIO()  # torch's own file writer reports a full disk as "unexpected pos"; Python's
-        torch.save(state, buffer)  # write raises OSError(ENOSPC), which the command line can explain
-        (tmp / "trainer_state.pt").write_bytes(buffer.getvalue())
-        old = path.with_name(path.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
+        with replacing_folder(path) as tmp:
+            save_adapter(self.model, POLICY, tmp / "policy")
+            if self.value_head is not None:
+                save_file({k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()},
+                          str(tmp / VALUE_HEAD_FILE))
+            write_torch({
+                "step": self.step_count,
+                "history": self.history,
+                "kl_ctl": dict(vars(self.kl_ctl)),
+                "score_gain": self.score_gain,
+                "score_bias": self.score_bias,
+                "score_normalisation_fitted": self.score_normalisation_fitted,
+                "optimizer": self.optimizer.state_dict(),
+                "rng": rng_states(),
+                "config": config_to_dict(self.cfg),
+            }, tmp / "trainer_state.pt")
         return path
 
     def load_checkpoint(self, path: str | Path | None = None) -> bool:
         """Restore a checkpoint written by save_checkpoint; False if there is none."""
-        path = Path(path) if path is not None else self.out_dir / CHECKPOINT_DIR
-        if not (path / "trainer_state.pt").is_file():
-            old = path.with_name(path.name + ".old")  # killed between the two renames
-            if not (old / "trainer_state.pt").is_file():
-                return False
-            path = old
+        path = saved_folder(Path(path) if path is not None else self.out_dir / CHECKPOINT_DIR, "trainer_state.pt")
+        if path is None:
+            return False
         with reading_saved(path, "PPO checkpoint"):
             state = torch.load(path / "trainer_state.pt", weights_only=True)  # tensors, numbers, lists, dicts only
         needed = {"step", "history", "kl_ctl", "optimizer", "rng", "config"}
@@ -821,16 +710,19 @@ class PPOTrainer:
         if missing:
             raise LabError(f"{path / 'trainer_state.pt'} is not a checkpoint the lab wrote (it has no "
                            f"{', '.join(sorted(missing))}). Delete {path} and run PPO again (without --resume).")
-        for key in ("batch_size", "minibatch_size", "seed", "max_new_tokens", "reward", "r", "lora_alpha"):
-            saved, now = state["config"].get(key), config_to_dict(self.cfg)[key]
+        written_before = {"algo": "ppo", "group_size": None}  # checkpoints from before RLOO and GRPO
+        for key in ("algo", "group_size", "batch_size", "minibatch_size", "seed", "max_new_tokens", "reward", "r",
+                    "lora_alpha"):
+            saved, now = state["config"].get(key, written_before.get(key)), config_to_dict(self.cfg)[key]
             if saved != now:
                 raise LabError(f"cannot resume from {path}: it was written with {key}={saved!r}, this run "
                                f"has {key}={now!r}. Use the same settings, or a new output folder.")
         with reading_saved(path, "PPO checkpoint"):
-            adapter, value_head = load_file(str(path / "policy" / "adapter_model.safetensors")), \
-                load_file(str(path / VALUE_HEAD_FILE))
+            adapter = load_file(str(path / "policy" / "adapter_model.safetensors"))
+            value_head = load_file(str(path / VALUE_HEAD_FILE)) if self.value_head is not None else None
         set_peft_model_state_dict(self.model, adapter, adapter_name=POLICY)
-        self.value_head.load_state_dict(value_head)
+        if self.value_head is not None:
+            self.value_head.load_state_dict(value_head)
         self.optimizer.load_state_dict(state["optimizer"])
         for key, value in state["kl_ctl"].items():
             setattr(self.kl_ctl, key, value)
@@ -838,12 +730,7 @@ class PPOTrainer:
         self.score_normalisation_fitted = state["score_normalisation_fitted"]
         self.step_count = state["step"]
         self.history = state["history"]
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        np_state = state["rng"]["numpy"]
-        np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
-        random.setstate(state["rng"]["python"])
+        set_rng_states(state["rng"])
         if self.out_dir is not None:  # metrics.jsonl as it was at the checkpoint: no steps counted twice
             with open(self.out_dir / METRICS_FILE, "w") as f:
                 f.writelines(json.dumps(m) + "\n" for m in self.history)
@@ -851,31 +738,15 @@ class PPOTrainer:
 
     def save(self, out_dir: str | Path | None = None) -> Path:
         """The trained policy adapter in peft format (loadable with PeftModel.from_pretrained on the
-        SFT trunk), the value head, the tokenizer and the resolved config."""
+        SFT trunk), the value head (ppo), the tokenizer and the resolved config."""
         out_dir = Path(out_dir) if out_dir is not None else self.out_dir
         save_adapter(self.model, POLICY, out_dir)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()},
-                  str(out_dir / VALUE_HEAD_FILE))
+        if self.value_head is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()},
+                      str(out_dir / VALUE_HEAD_FILE))
         self.tokenizer.save_pretrained(out_dir)
         save_config(self.cfg, out_dir / CONFIG_FILE)
         return out_dir
-
-
-def save_adapter(model: PeftModel, adapter: str, path: str | Path) -> Path:
-    """One adapter of a multi-adapter PeftModel as a plain peft folder (adapter_config.json and
-    adapter_model.safetensors). peft's save_pretrained would put an adapter not named "default" in a
-    subfolder of its name; this folder loads with PeftModel.from_pretrained(trunk, path) as it is."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    state = get_peft_model_state_dict(model, adapter_name=adapter)
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path / "adapter_model.safetensors"),
-              metadata={"format": "pt"})
-    config = model.peft_config[adapter]
-    inference_mode = config.inference_mode
-    config.inference_mode = True  # as peft saves it
-    config.save_pretrained(str(path))
-    config.inference_mode = inference_mode
-    return path
 
 
 # -----------------------------------------------------------------------------
@@ -902,19 +773,26 @@ def make_reward(cfg: PPOConfig, model: PeftModel, tokenizer) -> Reward:
     if cfg.reward != "rm":
         raise LabError(f"reward={cfg.reward!r} is unknown: use 'rm' (the stage-2 reward model) or 'gold' "
                        "(the gold labeler).")
-    from .reward_model import load_reward_model, reward_model_info
-
     if cfg.reward_model is None:
         from .pipeline import ensure_reward_model
         cfg.reward_model = str(ensure_reward_model())
-    if not reward_fits_sft(cfg.reward_model, cfg.sft):
-        trunk_sft = reward_model_info(cfg.reward_model)["trunk"].get("sft_adapter")
-        raise LabError(f"The reward model in {cfg.reward_model} was trained on the trunk with SFT adapter "
-                       f"{trunk_sft!r}, but this PPO run's trunk merges {cfg.sft!r}. Its adapter only fits the "
+    return trunk_reward_model(cfg.reward_model, cfg.sft, model, tokenizer, stage=cfg.algo.upper())
+
+
+def trunk_reward_model(reward_model: str | Path, sft: str | Path, model: PeftModel, tokenizer,
+                       stage: str = "PPO") -> TrunkRewardModel:
+    """The saved reward model as a Reward on `model`'s trunk (its "reward" adapter goes onto the same
+    PeftModel: no second copy of the backbone), once its adapter is known to fit the trunk that merges
+    `sft`. stage: the run's name in the message (PPO, RLOO, GRPO, DPO)."""
+    from .reward_model import load_reward_model, reward_model_info
+
+    if not reward_fits_sft(reward_model, sft):
+        trunk_sft = reward_model_info(reward_model)["trunk"].get("sft_adapter")
+        raise LabError(f"The reward model in {reward_model} was trained on the trunk with SFT adapter "
+                       f"{trunk_sft!r}, but this {stage} run's trunk merges {sft!r}. Its adapter only fits the "
                        "trunk it was trained on: train it on this SFT model (pipeline.ensure_reward_model) "
                        "or set cfg.sft to that adapter.")
-    # the "reward" adapter goes onto the same PeftModel: no second copy of the backbone
-    return TrunkRewardModel(load_reward_model(cfg.reward_model, trunk=model, tokenizer=tokenizer))
+    return TrunkRewardModel(load_reward_model(reward_model, trunk=model, tokenizer=tokenizer))
 
 
 @dataclass
@@ -962,8 +840,11 @@ def build_trainer(cfg: PPOConfig, out_dir: str | Path | None = None, resume: boo
 
 def run_ppo(trainer: PPOTrainer, callback: Callable[[dict, PPOTrainer], None] | None = None,
             progress: bool = True, evaluate: bool = True) -> PPOResult:
-    """Train until cfg.steps, then compare PPO's samples with the SFT model's on held-out prompts, and
-    save (policy adapter in peft format, value head, config, metrics.jsonl, ppo_result.json)."""
+    """Train until cfg.steps, then compare the policy's samples with the SFT model's on held-out prompts,
+    and save (policy adapter in peft format, value head, config, metrics.jsonl, ppo_result.json).
+
+    The summary's keys are the same for every cfg.algo: "_ppo" names stage 3's policy (PPO, RLOO or
+    GRPO; summary["algo"] says which), "_sft" the SFT model, "kl" the policy samples' KL to it."""
     from .loading import load_prompts
 
     cfg = trainer.cfg
@@ -971,9 +852,11 @@ def run_ppo(trainer: PPOTrainer, callback: Callable[[dict, PPOTrainer], None] | 
     trainer.train(callback=callback, progress=progress)
     result = PPOResult(trainer=trainer, config=cfg, history=trainer.history, out_dir=trainer.out_dir)
     steps_seconds = sum(m["seconds"] for m in trainer.history)
-    heads = [trainer.value_head] + ([trainer.reward.reward_model.head]
-                                    if isinstance(trainer.reward, TrunkRewardModel) else [])
+    heads = ([trainer.value_head] if trainer.value_head is not None else []) + (
+        [trainer.reward.reward_model.head] if isinstance(trainer.reward, TrunkRewardModel) else [])
     result.summary = {
+        "algo": cfg.algo,  # the keys below say "ppo" for the stage's policy whatever the algo
+        "samples_per_prompt": cfg.samples_per_prompt,
         "steps": trainer.step_count,
         "episodes": trainer.step_count * cfg.batch_size,
         "episodes_per_second": trainer.step_count * cfg.batch_size / steps_seconds if steps_seconds else float("nan"),
@@ -1000,108 +883,36 @@ def train_ppo(cfg: PPOConfig, out_dir: str | Path | None = None, resume: bool = 
 
 
 # -----------------------------------------------------------------------------
-# comparisons: SFT vs PPO samples, and base / SFT / PPO side by side
+# comparisons (rlhf_lab/evaluation.py samples and scores; these read a trainer)
 
 
-def _rng_kept():
-    """A block whose seeding does not change the caller's RNG (CPU, and the current CUDA device)."""
-    return torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else [])
+_rng_kept = rng_kept  # the name overoptimisation.py and older notebooks import
 
 
 @torch.no_grad()
 def evaluate_adapter(trainer: PPOTrainer, prompts: list[str], adapter: str | None = POLICY, seed: int = 0,
                      name: str = "ppo") -> tuple[dict, list[dict]]:
-    """Sample one model on the shared trunk (adapter None: the SFT model) on `prompts`, seeded, and
-    score the samples: gold, the reward (normalised as PPO sees it) and the KL to the SFT model
-    (nats per response, summed over tokens, k1).
-
-    Returns (summary, samples): mean and std of gold, mean reward, mean KL, EOS share and length,
-    the keys suffixed with `_{name}`; and one dict per sample. The training RNG is left as it was.
-    """
+    """evaluation.evaluate_samples with the trainer's model, reward (normalised as the trainer sees it:
+    score_gain and score_bias), sampling settings and batch_size (the chunks of the draws)."""
     cfg = trainer.cfg
-    gold, score, kl, ended, length, samples = [], [], [], [], [], []
-    with _rng_kept():
-        torch.manual_seed(seed)
-        for start in range(0, len(prompts), cfg.batch_size):
-            chunk = list(prompts[start:start + cfg.batch_size])
-            rollout, completions = trainer.sample(chunk, adapter)
-            Tq = rollout.query.shape[1]
-            input_ids = torch.cat([rollout.query, rollout.response], 1)              # (B, Tq + T)
-            attention_mask = torch.cat([rollout.query_mask, rollout.response_mask], 1)
-            with use_adapter(trainer.model, adapter):
-                logits, _ = forward_response(trainer.model, input_ids, attention_mask, Tq)
-            with use_adapter(trainer.model, None):
-                ref_logits, _ = forward_response(trainer.model, input_ids, attention_mask, Tq)
-            logprobs = logprobs_from_logits(logits, rollout.response, cfg.temperature)
-            ref_logprobs = logprobs_from_logits(ref_logits, rollout.response, cfg.temperature)
-            seq_kl = torch.where(rollout.response_mask.bool(), kl_estimate(logprobs, ref_logprobs),
-                                 torch.zeros_like(logprobs)).sum(1)               # (B,)
-            raw = trainer.reward.score(chunk, completions, rollout).float().cpu()
-            normalised = (trainer.score_gain * raw + trainer.score_bias).tolist()
-            g = gold_scores([p + c for p, c in zip(chunk, completions)])
-            for i, prompt in enumerate(chunk):
-                samples.append({"model": name, "prompt": prompt, "completion": completions[i],
-                                "gold": g[i], "reward": normalised[i], "ended": bool(rollout.ended[i]),
-                                "kl": seq_kl[i].item()})
-            gold += g
-            score += normalised
-            kl += seq_kl.tolist()
-            ended += rollout.ended.tolist()
-            length += rollout.response_mask.sum(1).tolist()
-    summary = {f"gold_score_{name}": float(np.mean(gold)), f"gold_std_{name}": float(np.std(gold, ddof=1)),
-               f"reward_score_{name}": float(np.mean(score)), f"kl_{name}": float(np.mean(kl)),
-               f"eos_share_{name}": float(np.mean(ended)), f"response_length_{name}": float(np.mean(length))}
-    return summary, samples
+    return evaluate_samples(trainer.model, trainer.tokenizer, prompts, adapter, reward=trainer.reward,
+                            normalise=lambda raw: trainer.score_gain * raw + trainer.score_bias, seed=seed,
+                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                            batch_size=cfg.batch_size, name=name, config="PPOConfig")
 
 
 @torch.no_grad()
 def evaluate_policy(trainer: PPOTrainer, prompts: list[str], seed: int = 0) -> tuple[dict, list[dict]]:
-    """Sample the SFT model (the reference) and the PPO policy on the same prompts with the same seed.
+    """Sample the SFT model (the reference) and the trained policy on the same prompts with the same seed.
 
-    Returns (summary, samples): evaluate_adapter's figures for each ("_sft", "_ppo"), "kl" = the PPO
-    samples' KL to the SFT model (nats per response), and the gold gain in SFT standard deviations.
+    Returns (summary, samples): evaluate_adapter's figures for each ("_sft", "_ppo"), "kl" = the
+    policy samples' KL to the SFT model (nats per response), and the gold gain in SFT standard deviations.
     """
-    sft, sft_samples = evaluate_adapter(trainer, prompts, None, seed, name="sft")
-    ppo, ppo_samples = evaluate_adapter(trainer, prompts, POLICY, seed, name="ppo")
-    summary = {k: v for k, v in sft.items() if k != "kl_sft"} | {k: v for k, v in ppo.items() if k != "kl_ppo"}
-    summary["kl"] = ppo["kl_ppo"]  # KL(PPO || SFT), nats per response
-    summary["gold_gain_in_sft_std"] = (summary["gold_score_ppo"] - summary["gold_score_sft"]) / summary["gold_std_sft"]
-    return summary, sft_samples + ppo_samples
-
-
-@torch.no_grad()
-def sample_models(models: dict, prompts: list[str], tokenizer, seed: int = 0, max_new_tokens: int = 48,
-                  temperature: float = 1.0, reward: Reward | None = None, batch_size: int = 64) -> list[dict]:
-    """Samples of several models on the same prompts, each with the same seed, scored by gold (and reward).
-
-    models: {name: model} where a model is a transformers model, or (peft_model, adapter) to run a
-            PeftModel with one adapter active (adapter None: all adapters off, i.e. the SFT trunk).
-            E.g. {"base": base_model, "sft": (trainer.model, None), "ppo": (trainer.model, "policy")}.
-    Returns one dict per (prompt, model): prompt, model, completion, gold, reward (if given), ended.
-    The caller's RNG state is left as it was.
-    """
-    rows = {}
-    for name, spec in models.items():
-        model, adapter = spec if isinstance(spec, tuple) else (spec, "__as_is__")
-        context = nullcontext(model) if adapter == "__as_is__" else use_adapter(model, adapter)
-        with _rng_kept(), context:
-            torch.manual_seed(seed)
-            was_training = model.training
-            model.eval()  # dropout off while sampling
-            for start in range(0, len(prompts), batch_size):
-                chunk = list(prompts[start:start + batch_size])
-                rollout = sample_responses(model, tokenizer, chunk, max_new_tokens, temperature)
-                completions = decode_responses(tokenizer, rollout)
-                g = gold_scores([p + c for p, c in zip(chunk, completions)])
-                r = reward.score(chunk, completions, rollout).tolist() if reward is not None else [None] * len(chunk)
-                for i, prompt in enumerate(chunk):
-                    row = {"prompt": prompt, "model": name, "completion": completions[i], "gold": g[i],
-                           "ended": bool(rollout.ended[i])}
-                    if reward is not None:
-                        row["reward"] = r[i]
-                    rows.setdefault(start + i, []).append(row)
-            model.train(was_training)
-    return [row for i in sorted(rows) for row in rows[i]]
+    cfg = trainer.cfg
+    return compare_with_sft(trainer.model, trainer.tokenizer, prompts, POLICY, name="ppo", reward=trainer.reward,
+                            normalise=lambda raw: trainer.score_gain * raw + trainer.score_bias, seed=seed,
+                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                            batch_size=cfg.batch_size, config="PPOConfig")
 
 
 def load_policy(ppo_dir: str | Path, device="auto", with_reward: bool = False):
@@ -1125,103 +936,3 @@ def load_policy(ppo_dir: str | Path, device="auto", with_reward: bool = False):
     return model, tokenizer, reward
 
 
-# -----------------------------------------------------------------------------
-# figures
-
-
-def plot_history(history: list[dict], kl_target: float | None = None, fig=None):
-    """Scores, KL and beta per update: what PPO optimises, what it pays for it, and the price of a nat.
-
-    fig: a figure with 3 axes to redraw in place (LivePlot does); None makes one.
-    """
-    import matplotlib.pyplot as plt
-
-    if fig is None:
-        fig, _ = plt.subplots(1, 3, figsize=(12, 3.3))
-    axes = fig.axes
-    for ax in axes:
-        ax.clear()
-    steps = [m["step"] for m in history]
-    axes[0].plot(steps, [m["score_normalised"] for m in history], label="reward (normalised RM score)")
-    axes[0].plot(steps, [m["gold"] for m in history], label="gold score")
-    axes[0].set(xlabel="update", ylabel="mean per response", title="score of the samples")
-    axes[0].legend(fontsize=8)
-    axes[1].plot(steps, [m["kl"] for m in history], color="C2")
-    if kl_target is not None:
-        axes[1].axhline(kl_target, color="#999", linestyle=":", label=f"target {kl_target:g} nats")
-        axes[1].legend(fontsize=8)
-    axes[1].set(xlabel="update", ylabel="nats per response", title="KL(policy || SFT)")
-    axes[2].plot(steps, [m["kl_coef"] for m in history], color="C3")
-    axes[2].set(xlabel="update", ylabel="beta", title="KL coefficient beta")
-    fig.tight_layout()
-    return fig
-
-
-class LivePlot:
-    """A callback for PPOTrainer.train / train_ppo: redraws plot_history in place, in a notebook
-    (plotting.LiveFigure), so the figure updates under the cell while PPO trains and the saved
-    notebook keeps the last frame. Outside IPython it does nothing."""
-
-    def __init__(self, every: int = 1, kl_target: float | None = None):
-        from .plotting import LiveFigure
-
-        self.every, self.kl_target = every, kl_target
-        self.live = LiveFigure(1, 3, figsize=(12, 3.3))
-
-    def __call__(self, metrics: dict, trainer: PPOTrainer) -> None:
-        if metrics["step"] % self.every and trainer.step_count < trainer.cfg.steps:
-            return
-        self.live.draw(lambda fig: plot_history(trainer.history, self.kl_target, fig=fig))
-
-
-def plot_kl_tradeoff(runs: dict[str, PPOResult]):
-    """The reward / KL trade-off of several runs (e.g. a sweep of beta): each run's path through
-    (KL, score) per update, and its final gold score against the KL of its samples."""
-    import matplotlib.pyplot as plt
-
-    fig, (ax_path, ax_gold) = plt.subplots(1, 2, figsize=(11, 3.6))
-    for i, (label, result) in enumerate(runs.items()):
-        kl = [m["kl"] for m in result.history]
-        ax_path.plot(kl, [m["score_normalised"] for m in result.history], "-", color=f"C{i}", alpha=0.8, label=label)
-        ax_path.plot(kl[-1:], [result.history[-1]["score_normalised"]], "o", color=f"C{i}")
-        s = result.summary
-        n = max(1, sum(1 for row in result.samples if row["model"] == "ppo"))  # evaluation samples
-        ax_gold.errorbar([s["kl"]], [s["gold_score_ppo"]], yerr=[s["gold_std_ppo"] / math.sqrt(n)],
-                         fmt="o", color=f"C{i}", label=label)
-    first = next(iter(runs.values())).summary
-    ax_gold.axhline(first["gold_score_sft"], color="#999", linestyle=":", label="SFT")
-    ax_gold.axhline(first["gold_score_sft"] + first["gold_std_sft"], color="#999", linestyle="--",
-                    label="SFT + 1 std")
-    ax_path.set(xlabel="KL(policy || SFT), nats per response", ylabel="reward (normalised)",
-                title="each update of each run")
-    ax_gold.set(xlabel="KL of the final policy's samples (nats)", ylabel="gold score (mean, +-1 s.e.)",
-                title="where each run ends")
-    ax_path.legend(fontsize=8)
-    ax_gold.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-
-def plot_diagnostics(history: list[dict]):
-    """PPO's health per update: entropy, approx KL and clip fraction, value explained variance, and
-    the responses' length and EOS share (CleanRL's diagnostics, plus what an LM adds)."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.1))
-    steps = [m["step"] for m in history]
-    axes[0].plot(steps, [m["entropy"] for m in history])
-    axes[0].set(xlabel="update", ylabel="nats per token", title="policy entropy")
-    axes[1].plot(steps, [m["approx_kl"] for m in history], label="approx KL (old || new)")
-    axes[1].plot(steps, [m["clipfrac"] for m in history], label="clip fraction")
-    axes[1].set(xlabel="update", title="size of each update")
-    axes[1].legend(fontsize=8)
-    axes[2].plot(steps, [m["explained_variance"] for m in history], color="C2")
-    axes[2].set(xlabel="update", title="value head: explained variance", ylim=(-1.05, 1.05))
-    axes[3].plot(steps, [m["response_length"] for m in history], color="C4")
-    axes[3].set(xlabel="update", ylabel="tokens", title="response length")
-    eos = axes[3].twinx()
-    eos.plot(steps, [m["eos_share"] for m in history], color="C5", linestyle="--")
-    eos.set(ylabel="share ending with EOS (dashed)", ylim=(0, 1.05))
-    fig.tight_layout()
-    return fig

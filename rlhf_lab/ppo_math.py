@@ -10,6 +10,11 @@ Sources, cited line by line below:
 - CleanRL's ppo.py (vwxyzjn/cleanrl) for the names: lastgaelam, nextvalues, delta, pg_loss, clipfrac.
 - Schulman, "Approximating KL Divergence", http://joschu.net/blog/kl-approx.html, for k1/k2/k3.
 - Schulman et al. 2015 (GAE, arXiv 1506.02438); Schulman et al. 2017 (PPO, arXiv 1707.06347).
+- Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human
+  Feedback in LLMs" (RLOO, arXiv 2402.14740); Shao et al. 2024, "DeepSeekMath" (GRPO, arXiv 2402.03300);
+  Liu et al. 2025, "Understanding R1-Zero-Like Training" (Dr. GRPO, arXiv 2503.20783).
+- Rafailov et al. 2023, "Direct Preference Optimization" (DPO, arXiv 2305.18290); Azar et al. 2023,
+  "A General Theoretical Paradigm to Understand Learning from Human Preferences" (IPO, arXiv 2310.12036).
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ __all__ = [
     "masked_mean", "masked_var", "masked_whiten",
     "kl_estimate", "last_token_index", "kl_shaped_rewards", "gae",
     "policy_loss", "value_loss", "explained_variance",
+    "rloo_advantages", "grpo_advantages", "kl_loss",
     "AdaptiveKLController", "FixedKLController",
     "pairwise_loss", "pairwise_accuracy",
+    "implicit_rewards", "dpo_loss",
 ]
 
 
@@ -300,6 +307,71 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 
 
 # -----------------------------------------------------------------------------
+# critic-free advantages: k samples per prompt, each judged against the others (no value head)
+#
+# `rewards` # (B,) holds one reward per response, in groups of k: rows g*k .. g*k + k - 1 are the k
+# samples of one prompt. The advantage of a response is the same for each of its tokens (the trainer
+# broadcasts it over the response mask) and enters PPO's clipped policy_loss.
+
+
+def _grouped(rewards: torch.Tensor, group_size: int, name: str) -> torch.Tensor:
+    """rewards # (B,) -> # (B / k, k), or a LabError that says what is wrong."""
+    if rewards.dim() != 1:
+        raise LabError(f"{name} takes one reward per response, a (B,) tensor; got shape {tuple(rewards.shape)}.")
+    if group_size < 2 or rewards.shape[0] % group_size:
+        raise LabError(f"{name} needs groups of k >= 2 samples of the same prompt (one baseline from the "
+                       f"others); got k = {group_size} for {rewards.shape[0]} rewards. Use a batch_size that "
+                       "is a multiple of group_size, and group_size >= 2.")
+    return rewards.reshape(-1, group_size)  # (P, k)
+
+
+@torch.no_grad()  # advantages are targets, not part of the graph
+def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """REINFORCE leave-one-out (Ahmadian et al. 2024, RLOO): the baseline of sample i is the mean
+    reward of the other k - 1 samples of its prompt, so it does not depend on sample i itself.
+
+    rewards # (B,) in groups of k; for RLOO the score minus beta * the response's summed KL
+            (the KL folded into the sequence reward, as Ahmadian et al. do)
+    returns # (B,) r_i - mean_{j != i} r_j = k / (k - 1) * (r_i - mean_j r_j); 0 where a group ties
+    """
+    r = _grouped(rewards, group_size, "rloo_advantages")         # (P, k)
+    baseline = (r.sum(1, keepdim=True) - r) / (group_size - 1)   # (P, k) mean of the other k - 1
+    return (r - baseline).reshape(-1)                            # (B,)
+
+
+@torch.no_grad()
+def grpo_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool = True,
+                    eps: float = 1e-4) -> torch.Tensor:
+    """Group-relative advantages (Shao et al. 2024, GRPO's outcome supervision, section 4.1.2):
+    (r_i - mean(r)) / std(r) over the k samples of a prompt.
+
+    rewards      # (B,) in groups of k: the score alone (GRPO's KL is a loss term, kl_loss)
+    scale_by_std # False: r_i - mean(r) only, Dr. GRPO (Liu et al. 2025): dividing by the std weights
+                 # the prompts whose samples nearly agree most (questions too easy or too hard)
+    eps          # 1e-4 as TRL's GRPOTrainer; a group that ties gets 0, not 0 / 0
+    returns      # (B,)
+    """
+    r = _grouped(rewards, group_size, "grpo_advantages")         # (P, k)
+    advantages = r - r.mean(1, keepdim=True)                     # (P, k)
+    if scale_by_std:
+        advantages = advantages / (r.std(1, keepdim=True) + eps)  # std with Bessel's correction, as TRL's
+    return advantages.reshape(-1)                                # (B,)
+
+
+def kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """GRPO's KL term (Shao et al. 2024, eq. 4): the k3 estimate of KL(pi || pi_ref), averaged over the
+    response tokens, with gradients through the current policy's log-probs. A 0-d tensor, >= 0.
+
+    logprobs     # (B, T) current policy, with gradients (not the rollout's: its ratio to pi is 1)
+    ref_logprobs # (B, T) reference
+    mask         # (B, T)
+    pi_ref / pi - log(pi_ref / pi) - 1 per token: unbiased, never negative
+    (http://joschu.net/blog/kl-approx.html); 0 with a zero gradient while pi = pi_ref.
+    """
+    return masked_mean(kl_estimate(logprobs, ref_logprobs, "k3"), mask)
+
+
+# -----------------------------------------------------------------------------
 # KL coefficient controllers (Ziegler et al. 2019, section 2.2; lm-human-preferences)
 
 
@@ -359,3 +431,38 @@ def pairwise_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tens
     chosen_rewards, rejected_rewards # (N,)
     """
     return (chosen_rewards > rejected_rewards).float().mean()
+
+
+# -----------------------------------------------------------------------------
+# direct preference optimisation: the Bradley-Terry loss on implicit rewards (Rafailov et al. 2023)
+
+
+def implicit_rewards(logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO's implicit reward of a response: beta * (log pi(y|x) - log pi_ref(y|x)) (Rafailov et al.
+    2023, eq. 5, without the prompt's log Z(x), which cancels in every pair).
+
+    logps, ref_logps # (N,) log-probs of whole responses, summed over their tokens
+    returns          # (N,); 0 while the policy is the reference
+    """
+    return beta * (logps - ref_logps)
+
+
+def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
+             ref_rejected_logps: torch.Tensor, beta: float = 0.1, loss_type: str = "sigmoid") -> torch.Tensor:
+    """The DPO loss, mean over N pairs; a 0-d tensor.
+
+    chosen_logps, rejected_logps         # (N,) log pi(y_w|x), log pi(y_l|x), summed over response tokens
+    ref_chosen_logps, ref_rejected_logps # (N,) the same under the reference
+    h = (log pi - log pi_ref)(y_w) - (log pi - log pi_ref)(y_l)                          # (N,)
+    "sigmoid": -log sigmoid(beta h) (Rafailov et al. 2023, eq. 7): pairwise_loss on the implicit rewards;
+               log 2 while the policy is the reference
+    "ipo":     (h - 1 / (2 beta))^2 (Azar et al. 2023, beta in the role of tau, as TRL's
+               loss_type="ipo"): h is pulled to a finite margin instead of to infinity, so a policy
+               cannot run away on pairs it already orders right
+    """
+    h = (chosen_logps - ref_chosen_logps) - (rejected_logps - ref_rejected_logps)  # (N,)
+    if loss_type == "sigmoid":
+        return -F.logsigmoid(beta * h).mean()  # logsigmoid stays finite for large negative margins
+    if loss_type == "ipo":
+        return ((h - 1.0 / (2.0 * beta)) ** 2).mean()
+    raise LabError(f"loss_type {loss_type!r} is unknown: use 'sigmoid' (DPO) or 'ipo' (IPO).")

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,28 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def rng_states() -> dict:
+    """Every RNG's state (torch CPU and CUDA, NumPy, Python) as tensors, numbers and tuples, so a checkpoint
+    loads with torch.load(weights_only=True) and a resumed run draws what the uninterrupted one would."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(state: dict) -> None:
+    """Restore what rng_states() returned."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
+    random.setstate(state["python"])
 
 
 def _mps_available() -> bool:
@@ -262,3 +285,45 @@ def short_path(path: str | Path) -> str:
         return str(path.resolve().relative_to(REPO_DIR))
     except ValueError:
         return str(path)
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: a folder replaced whole, or not at all
+
+
+def write_torch(obj, path: str | Path) -> None:
+    """torch.save through Python's own write: torch's file writer reports a full disk as "unexpected pos",
+    Python's write raises OSError(ENOSPC), which the command line can explain."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    Path(path).write_bytes(buffer.getvalue())
+
+
+@contextlib.contextmanager
+def replacing_folder(path: str | Path):
+    """Write a folder's new contents into the yielded temporary folder; on leaving the block it replaces
+    `path` by two renames, so a kill during the save leaves the previous folder whole (as `path` or, between
+    the renames, `path`.old: saved_folder finds either)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def saved_folder(path: str | Path, marker: str) -> Path | None:
+    """The folder replacing_folder wrote last: `path` if it holds `marker`, else `path`.old (killed between
+    the two renames), else None."""
+    path = Path(path)
+    for folder in (path, path.with_name(path.name + ".old")):
+        if (folder / marker).is_file():
+            return folder
+    return None

@@ -8,7 +8,10 @@ from faults import PPO, RANK, RM, RUN, SFT, cli, one_line_error
 
 from rlhf_lab.cli import build_parser
 
-COMMANDS = ("run", "sft", "rank", "label", "rm", "ppo")
+COMMANDS = ("run", "sft", "rank", "label", "rm", "ppo", "dpo")
+# DPO in seconds: one epoch, and its samples as PPO's (8 prompts, 16 tokens, one chunk of 8: the same draws)
+DPO = ["--dpo-epochs", "1", "--dpo-eval-prompts", "8", "--dpo-eval-batch-size", "8", "--dpo-max-new-tokens", "16",
+       "--dpo-checkpoint-every", "2"]
 
 
 def subcommands() -> set[str]:
@@ -29,6 +32,11 @@ def test_help_of_every_subcommand_states_ranges(capsys, command):
         assert "--steps STEPS" in out and "(>= 1; default: 40)" in out
     if command in ("rank", "label", "run"):
         assert "--k K" in out and "(2 to 9; default: 4)" in out
+    if command in ("run", "ppo"):
+        assert "--algo {ppo,rloo,grpo}" in out and "--ppo-group-size" in out and "--ppo-kl-loss-coef" in out
+    if command == "dpo":
+        assert "--dpo-beta DPO_BETA" in out and "(> 0; default: 0.3)" in out and "--dpo-loss-type {sigmoid,ipo}" in out
+        assert "--steps" not in out and "--ppo-lr" not in out
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +84,59 @@ def test_stage_ppo(capsys, stages_folder):
     assert steps == [1, 2] and "[ppo] gold score" in out
 
 
+@pytest.mark.parametrize("algo", ["rloo", "grpo"])
+def test_stage_ppo_with_rloo_and_grpo_beside_ppo(capsys, stages_folder, algo):
+    ppo_result = json.loads((stages_folder / "04_ppo" / "ppo_result.json").read_text())
+    code, out, err = cli(capsys, "ppo", "--fast", *PPO, "--algo", algo, "--ppo-group-size", "4", "--out", stages_folder)
+    assert code == 0, err[-2000:]
+    folder = stages_folder / f"04_{algo}"
+    steps = [json.loads(line)["step"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2] and f"[{algo}] gold score" in out and f"({algo.upper()})" in out
+    result = json.loads((folder / "ppo_result.json").read_text())
+    assert result["algo"] == algo and result["samples_per_prompt"] == 4 and set(result) == set(ppo_result)
+    assert result["gold_score_sft"] == ppo_result["gold_score_sft"]  # the same SFT samples as PPO's
+    assert not (folder / "value_head.safetensors").exists()
+    assert (stages_folder / "plots" / f"{algo}_training.png").is_file()
+    assert json.loads((stages_folder / "configs" / f"{algo}.json").read_text())["algo"] == algo
+    assert json.loads((stages_folder / "configs" / "ppo.json").read_text())["algo"] == "ppo"  # PPO's record kept
+    assert json.loads((stages_folder / "04_ppo" / "ppo_result.json").read_text()) == ppo_result
+    code, out, _ = cli(capsys, "ppo", "--fast", *PPO, "--algo", algo, "--ppo-group-size", "4", "--resume",
+                       "--out", stages_folder)
+    assert code == 0 and f"[{algo}] done already" in out
+    line = one_line_error(capsys, "ppo", "--fast", *PPO, "--algo", algo, "--resume", "--out", stages_folder)
+    assert "ppo.group_size 4 -> None (--ppo-group-size)" in line  # resumes only what it was made with
+    line = one_line_error(capsys, "ppo", "--fast", *PPO, "--algo", algo, "--ppo-group-size", "3", "--out",
+                          stages_folder)
+    assert "batch_size=8 is not a multiple of group_size=3" in line and "--ppo-group-size" in line
+
+
+def test_stage_dpo(capsys, stages_folder):
+    code, out, err = cli(capsys, "dpo", "--fast", *DPO, "--out", stages_folder)
+    assert code == 0, err[-2000:]
+    assert "[dpo]" in out and "(DPO)" in out and "pairs/s" in out
+    folder = stages_folder / "05_dpo"
+    result = json.loads((folder / "dpo_result.json").read_text())
+    rm = json.loads((stages_folder / "03_reward_model" / "reward_model" / "reward_model.json").read_text())
+    assert result["train_pairs"] == rm["metrics"]["train_pairs"] and result["eval_pairs"] == rm["metrics"]["eval_pairs"]
+    assert abs(result["heldout_loss_before"] - 0.6931472) < 1e-6 and result["heldout_accuracy_before"] == 0.0
+    ppo_result = json.loads((stages_folder / "04_ppo" / "ppo_result.json").read_text())
+    assert result["gold_score_sft"] == ppo_result["gold_score_sft"]  # the same SFT samples as PPO's
+    for key in ("gold_score_dpo", "reward_score_dpo", "kl", "gold_gain_in_sft_std", "seconds", "heldout_gold_accuracy"):
+        assert isinstance(result[key], float), key
+    for name in ("adapter_config.json", "dpo_config.json", "metrics.jsonl", "checkpoint/trainer_state.pt"):
+        assert (folder / name).is_file(), name
+    assert (stages_folder / "plots" / "dpo_training.png").is_file()
+    assert json.loads((stages_folder / "configs" / "dpo.json").read_text())["epochs"] == 1
+    line = one_line_error(capsys, "dpo", "--fast", *DPO, "--out", stages_folder)  # not overwritten
+    assert "already holds a finished DPO run; pass --resume" in line
+    code, out, _ = cli(capsys, "dpo", "--fast", *DPO, "--resume", "--out", stages_folder)
+    assert code == 0 and "[dpo] done already" in out
+    line = one_line_error(capsys, "dpo", "--fast", *DPO, "--resume", "--dpo-beta", "0.5", "--out", stages_folder)
+    assert "dpo.beta 0.3 -> 0.5 (--dpo-beta)" in line
+    line = one_line_error(capsys, "dpo", "--dpo-beta", "0", "--out", stages_folder)
+    assert "--dpo-beta" in line and "must be > 0" in line
+
+
 def test_run_resume_on_the_stages_writes_the_report(capsys, stages_folder):
     code, out, err = cli(capsys, "run", *RUN, "--resume", "--out", stages_folder)
     assert code == 0, err[-2000:]
@@ -88,7 +149,7 @@ def test_run_resume_on_the_stages_writes_the_report(capsys, stages_folder):
 
 def test_a_stage_without_its_earlier_stage_says_which(capsys, tmp_path, stages_folder):
     empty = tmp_path / "empty"
-    for command in ("rank", "label", "rm", "ppo"):
+    for command in ("rank", "label", "rm", "ppo", "dpo"):
         line = one_line_error(capsys, command, "--out", empty)
         assert "No LoRA adapter in" in line and "(sft_result.json is missing)" in line
         assert f"run `rlhf-lab sft --out {empty}` first, or `rlhf-lab run --out {empty}`" in line

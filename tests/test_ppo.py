@@ -550,3 +550,122 @@ def test_reward_scores_with_its_adapter_even_inside_disable_adapter(tiny, prompt
     rows = sample_models({"sft": (trainer.model, None)}, prompts[:8], trainer.tokenizer, reward=trainer.reward,
                          max_new_tokens=12)
     assert len(rows) == 8 and len({round(r["reward"], 4) for r in rows}) > 1
+
+
+# -----------------------------------------------------------------------------
+# RLOO and GRPO: the same loop, k samples per prompt, no value head
+
+
+class ConstantReward:
+    """The same score for every response: nothing to learn, so every critic-free advantage is 0."""
+
+    name, normalised = "constant", True
+
+    def score(self, prompts, completions, rollout):
+        return torch.full((len(completions),), 0.7)
+
+
+@pytest.mark.parametrize("algo", ["rloo", "grpo"])
+def test_critic_free_first_minibatch_ratio_is_one_and_groups_share_a_prompt(tiny, prompts, reward_dir, algo):
+    trainer = make_trainer(tiny, prompts, reward_dir, algo=algo, group_size=4)
+    assert trainer.value_head is None and trainer.name == algo.upper()
+    assert len(trainer.params) == len(trainer.policy_params)  # no value head to train
+    chosen = trainer.batch_prompts(0)
+    assert len(chosen) == 8 and chosen[:4] == [chosen[0]] * 4 and chosen[4:] == [chosen[4]] * 4
+    assert chosen[0] != chosen[4]
+    metrics = trainer.step()
+    assert metrics["kl"] == 0.0
+    first = trainer.minibatch_stats[0]
+    assert first["epoch"] == 0
+    assert abs(first["ratio_mean"] - 1.0) < 1e-6 and abs(first["ratio_max"] - 1.0) < 1e-6
+    assert abs(first["approx_kl"]) < 1e-7 and first["clipfrac"] == 0.0
+    assert max(abs(s["ratio_max"] - 1.0) for s in trainer.minibatch_stats[1:]) > 1e-6
+    assert not {"vf_loss", "vf_clipfrac", "explained_variance"} & set(metrics)
+    if algo == "grpo":
+        assert first["kl_loss"] == 0.0 and metrics["kl_coef"] == 0.2 and metrics["non_score_reward"] == 0.0
+        assert metrics["kl_loss"] > 0.0  # the policy moved after the first minibatch
+    else:
+        assert metrics["kl_coef"] == 0.15
+
+
+@pytest.mark.parametrize("algo", ["rloo", "grpo"])
+def test_critic_free_updates_change_the_policy_adapter_only(tiny, prompts, reward_dir, algo):
+    trainer = make_trainer(tiny, prompts, reward_dir, algo=algo, group_size=4)
+    head_before = snapshot(trainer.reward.reward_model.head)
+    before = snapshot(trainer.model)
+    trainer.step()
+    trainer.step()
+    after = snapshot(trainer.model)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and any("lora_B" in name for name in changed)
+    assert all(f".{POLICY}." in name for name in changed), sorted(changed)[:3]  # trunk, reward adapter: bit-identical
+    assert all(torch.equal(head_before[k], v) for k, v in snapshot(trainer.reward.reward_model.head).items())
+
+
+@pytest.mark.parametrize("algo", ["rloo", "grpo"])
+def test_critic_free_with_equal_rewards_has_nothing_to_learn(tiny, prompts, algo):
+    """Every group ties: every advantage is 0, so is every gradient (GRPO's KL term has a zero gradient
+    while the policy is the reference), and Adam's step of a zero gradient is 0."""
+    model, tokenizer = tiny
+    cfg = ppo_config(algo=algo, group_size=4, steps=1, batch_size=8, minibatch_size=4, ppo_epochs=2,
+                     max_new_tokens=12, normalize_scores=False, no_eos_score=None, device="cpu")
+    set_seed(cfg.seed)
+    trainer = PPOTrainer(cfg, add_policy_adapter(copy.deepcopy(model), cfg), tokenizer, ConstantReward(), prompts)
+    before = snapshot(trainer.model)
+    metrics = trainer.step()
+    assert metrics["pg_loss"] == 0.0 and metrics["grad_norm"] == 0.0 and metrics["kl"] == 0.0
+    assert all(torch.equal(before[name], p) for name, p in snapshot(trainer.model).items())
+
+
+@pytest.mark.parametrize("algo", ["rloo", "grpo"])
+def test_critic_free_resume_continues_with_identical_state(tiny, prompts, reward_dir, tmp_path, algo):
+    settings = dict(algo=algo, group_size=4, steps=3)
+    straight = make_trainer(tiny, prompts, reward_dir, out_dir=tmp_path / "straight", **settings)
+    straight.train(progress=False)
+    first = make_trainer(tiny, prompts, reward_dir, out_dir=tmp_path / "killed", **settings)
+    first.train(steps=2, progress=False)  # "killed" after 2 updates; checkpoint at 2
+    assert not (tmp_path / "killed" / "checkpoint" / "value_head.safetensors").exists()
+    resumed = make_trainer(tiny, prompts, reward_dir, out_dir=tmp_path / "killed", **settings)
+    assert resumed.load_checkpoint() and resumed.step_count == 2
+    resumed.train(progress=False)
+    timing = {"seconds", "seconds_rollout", "seconds_update", "episodes_per_second"}
+    for a, b in zip(straight.history, resumed.history, strict=True):
+        assert {k: v for k, v in a.items() if k not in timing} == pytest.approx(
+            {k: v for k, v in b.items() if k not in timing}, abs=1e-6)
+    for (name, p), (_, q) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+    # a checkpoint of one algorithm does not continue another
+    other = make_trainer(tiny, prompts, reward_dir, out_dir=tmp_path / "killed", steps=3)
+    with pytest.raises(LabError, match="algo"):
+        other.load_checkpoint()
+
+
+@pytest.mark.parametrize("algo", ["ppo", "rloo", "grpo"])
+def test_each_algo_raises_the_gold_score_above_sft(tiny, algo):
+    """Six updates against the gold labeler, in seconds: the policy's held-out samples score higher on
+    gold than the SFT model's (the tiny pretrained model here) on the same prompts and seed."""
+    from rlhf_lab.ppo import evaluate_policy
+
+    model, tokenizer = tiny
+    cfg = ppo_config(algo=algo, steps=6, batch_size=32, minibatch_size=16, ppo_epochs=2, max_new_tokens=24,
+                     norm_episodes=32, reward="gold", device="cpu")
+    set_seed(cfg.seed)
+    trainer = PPOTrainer(cfg, add_policy_adapter(copy.deepcopy(model), cfg), tokenizer, GoldReward(),
+                         load_prompts("tiny", "train")["prompt"])
+    trainer.train(progress=False)
+    summary, samples = evaluate_policy(trainer, load_prompts("tiny", "validation", limit=64)["prompt"])
+    assert summary["gold_score_ppo"] > summary["gold_score_sft"] + 0.25, summary  # ~0.2 SFT std and more
+    assert 0.0 < summary["kl"] < 4.0
+    assert {r["model"] for r in samples} == {"sft", "ppo"} and len(samples) == 128
+
+
+def test_algo_config_errors_speak_to_the_learner(tiny, prompts):
+    from rlhf_lab.utils import ConfigError
+
+    assert ppo_config(algo="rloo").samples_per_prompt == 4 and ppo_config().samples_per_prompt == 1
+    with pytest.raises(ConfigError, match="needs group_size >= 2"):
+        ppo_config(algo="grpo", group_size=1)
+    with pytest.raises(ConfigError, match="not a multiple of group_size=3"):
+        ppo_config(algo="rloo", group_size=3)
+    with pytest.raises(ConfigError, match="one of ppo, rloo, grpo"):
+        ppo_config(algo="dqn")

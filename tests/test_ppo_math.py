@@ -8,10 +8,14 @@ import torch
 from rlhf_lab.ppo_math import (
     AdaptiveKLController,
     FixedKLController,
+    dpo_loss,
     entropy_from_logits,
     explained_variance,
     gae,
+    grpo_advantages,
+    implicit_rewards,
     kl_estimate,
+    kl_loss,
     kl_shaped_rewards,
     logprobs_from_logits,
     masked_mean,
@@ -20,6 +24,7 @@ from rlhf_lab.ppo_math import (
     pairwise_accuracy,
     pairwise_loss,
     policy_loss,
+    rloo_advantages,
     value_loss,
 )
 from rlhf_lab.utils import LabError
@@ -325,3 +330,96 @@ def test_pairwise_loss_and_accuracy():
     pairwise_loss(chosen, torch.zeros(3)).backward()
     assert torch.all(chosen.grad < 0)  # descending the loss raises the chosen rewards
     assert close(pairwise_accuracy(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 2.0, 4.0])), 1 / 3)
+
+
+# -----------------------------------------------------------------------------
+# critic-free advantages: RLOO and GRPO (k samples of each prompt, in a row)
+
+
+def test_rloo_advantages_on_hand_numbers():
+    rewards = torch.tensor([1.0, 2.0, 3.0, 6.0, 5.0, 5.0, 5.0, 5.0])  # two prompts, k = 4
+    got = rloo_advantages(rewards, 4)
+    # r_i minus the mean of the other three: 1 - 11/3, 2 - 10/3, 3 - 9/3, 6 - 6/3; a tied group gives 0
+    assert close(got, [-8 / 3, -4 / 3, 0.0, 4.0, 0.0, 0.0, 0.0, 0.0])
+    assert torch.equal(got[4:], torch.zeros(4))
+    assert close(rloo_advantages(torch.tensor([1.0, 3.0, -2.0, -2.0]), 2), [-2.0, 2.0, 0.0, 0.0])
+    # the same as k / (k - 1) (r_i - group mean): sums to 0 within each group
+    r = torch.randn(12)
+    assert close(rloo_advantages(r, 3), 1.5 * (r.view(4, 3) - r.view(4, 3).mean(1, keepdim=True)).view(-1))
+    assert close(rloo_advantages(r, 3).view(4, 3).sum(1), torch.zeros(4), tol=1e-5)
+
+
+def test_grpo_advantages_on_hand_numbers():
+    rewards = torch.tensor([1.0, 2.0, 3.0, 6.0, 5.0, 5.0, 5.0, 5.0])
+    std = math.sqrt((4 + 1 + 0 + 9) / 3)  # the first group's std with Bessel's correction: 2.1602
+    got = grpo_advantages(rewards, 4)
+    assert close(got[:4], [-2 / (std + 1e-4), -1 / (std + 1e-4), 0.0, 3 / (std + 1e-4)])
+    assert torch.equal(got[4:], torch.zeros(4))  # equal rewards: 0, not 0 / 0
+    # Dr. GRPO (Liu et al. 2025): the mean removed, no division by the std
+    assert close(grpo_advantages(rewards, 4, scale_by_std=False), [-2.0, -1.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0])
+    # scale-free: a group's advantages do not change when its rewards are scaled
+    assert close(grpo_advantages(10 * rewards[:4], 4), got[:4], tol=1e-4)
+    assert not grpo_advantages(torch.randn(8, requires_grad=True), 4).requires_grad  # targets, not graph
+
+
+def test_critic_free_advantages_refuse_bad_groups():
+    with pytest.raises(LabError, match="k >= 2"):
+        rloo_advantages(torch.ones(4), 1)
+    with pytest.raises(LabError, match="multiple of group_size"):
+        grpo_advantages(torch.ones(6), 4)
+    with pytest.raises(LabError, match=r"\(B,\) tensor"):
+        rloo_advantages(torch.ones(2, 4), 4)
+
+
+def test_kl_loss_is_k3_averaged_over_response_tokens():
+    logprobs = torch.log(torch.tensor([[0.5, 0.25, 0.9]]))   # (1, 3), the last token is padding
+    ref = torch.log(torch.tensor([[0.25, 0.5, 0.1]]))
+    mask = torch.tensor([[1, 1, 0]])
+    # r = pi_ref / pi = 0.5, then 2: (r - 1) - log r = -0.5 + log 2, 1 - log 2; mean 0.25
+    assert close(kl_loss(logprobs, ref, mask), 0.25)
+    same = logprobs.clone().requires_grad_(True)
+    loss = kl_loss(same, logprobs, mask)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(same.grad, torch.zeros_like(same))  # policy = reference
+    moved = logprobs.clone().requires_grad_(True)
+    kl_loss(moved, ref, mask).backward()
+    # d/dlogp of r - 1 - log r with r = exp(ref - logp): 1 - r; the padding gets no gradient
+    assert close(moved.grad, [[(1 - 0.5) / 2, (1 - 2.0) / 2, 0.0]])
+
+
+# -----------------------------------------------------------------------------
+# DPO and IPO on hand numbers
+
+
+def test_dpo_loss_is_log_2_and_implicit_reward_0_at_the_start():
+    logps = torch.tensor([-10.0, -31.5, -4.25])
+    assert torch.equal(implicit_rewards(logps, logps, 0.1), torch.zeros(3))
+    assert close(dpo_loss(logps, logps - 2, logps, logps - 2, beta=0.1), math.log(2))
+    assert close(dpo_loss(logps, logps + 1, logps, logps + 1, beta=0.5), math.log(2))
+
+
+def test_dpo_and_ipo_loss_on_hand_numbers():
+    chosen, rejected = torch.tensor([-10.0]), torch.tensor([-12.0])
+    ref_chosen, ref_rejected = torch.tensor([-11.0]), torch.tensor([-11.0])
+    # h = (-10 + 11) - (-12 + 11) = 2
+    assert close(implicit_rewards(chosen, ref_chosen, 0.1), [0.1]) and close(
+        implicit_rewards(rejected, ref_rejected, 0.1), [-0.1])
+    assert close(dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=0.1), math.log1p(math.exp(-0.2)))
+    assert close(dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=0.1, loss_type="ipo"), (2 - 5) ** 2)
+    assert close(dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=0.25, loss_type="ipo"), 0.0)
+    # two pairs: the mean; a pair ordered the wrong way costs more
+    two = dpo_loss(torch.tensor([-10.0, -12.0]), torch.tensor([-12.0, -10.0]), torch.tensor([-11.0, -11.0]),
+                   torch.tensor([-11.0, -11.0]), beta=1.0)
+    assert close(two, (math.log1p(math.exp(-2)) + math.log1p(math.exp(2))) / 2)
+    assert close(dpo_loss(torch.tensor([-200.0]), torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([0.0]),
+                          beta=1.0), 200.0, tol=1e-4)  # finite far from the reference
+    with pytest.raises(LabError, match="'sigmoid' \\(DPO\\) or 'ipo'"):
+        dpo_loss(chosen, rejected, ref_chosen, ref_rejected, loss_type="hinge")
+
+
+def test_dpo_gradient_raises_chosen_and_lowers_rejected():
+    chosen = torch.tensor([-10.0, -20.0], requires_grad=True)
+    rejected = torch.tensor([-10.0, -20.0], requires_grad=True)
+    dpo_loss(chosen, rejected, chosen.detach(), rejected.detach(), beta=0.1).backward()
+    # at the start d loss / d log pi(y_w) = -beta * sigmoid(0) / N = -0.025 per pair, +0.025 for y_l
+    assert close(chosen.grad, [-0.025, -0.025]) and close(rejected.grad, [0.025, 0.025])
