@@ -369,6 +369,9 @@ def stage_ppo(out: Path, cfg, args, resume: bool):
     if resume and (ppo_dir / RESULT_FILE).is_file():
         print(f"[{cfg.algo}] done already: {short_path(ppo_dir)}")
         return read_json(ppo_dir / RESULT_FILE, f"{name} result"), None
+    if (ppo_dir / RESULT_FILE).is_file():  # as sft and dpo do: a finished run is never trained over
+        raise LabError(f"{short_path(ppo_dir)} already holds a finished {name} run; pass --resume to keep it, "
+                       "or choose another --out.")
     require_stages(out, "sft", "rm")
     sft_path = pipeline.sft_adapter_path(out)
     base = read_json(sft_path / "sft_config.json", "SFT config")["model"]

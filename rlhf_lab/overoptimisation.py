@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from .gold import explain, gold_scores
-from .ppo import POLICY, PPOConfig, PPOTrainer, _rng_kept, evaluate_adapter
+from .evaluation import rng_kept
+from .ppo import POLICY, PPOConfig, PPOTrainer, evaluate_adapter
 
 # -----------------------------------------------------------------------------
 # best-of-n
@@ -93,7 +94,7 @@ def best_of_n_scores(trainer: PPOTrainer, prompts: list[str], n: int = 64, seed:
 
     repeated = [p for p in prompts for _ in range(n)]
     completions, proxy, gold = [], [], []
-    with _rng_kept():
+    with rng_kept():
         torch.manual_seed(seed)
         for start in tqdm(range(0, len(repeated), batch_size), desc="best-of-n samples", disable=not progress):
             chunk = repeated[start:start + batch_size]

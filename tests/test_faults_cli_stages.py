@@ -82,6 +82,8 @@ def test_stage_ppo(capsys, stages_folder):
     assert code == 0, err[-2000:]
     steps = [json.loads(line)["step"] for line in (stages_folder / "04_ppo" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2] and "[ppo] gold score" in out
+    line = one_line_error(capsys, "ppo", "--fast", *PPO, "--out", stages_folder)  # a finished run is kept
+    assert "04_ppo already holds a finished PPO run; pass --resume to keep it" in line
 
 
 @pytest.mark.parametrize("algo", ["rloo", "grpo"])
