@@ -3,6 +3,7 @@ code 2, never a stack trace; --debug shows the traceback. Options are checked wh
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -87,6 +88,7 @@ def test_a_rule_between_options_names_both(capsys, tmp_path):
 
 def test_max_new_tokens_beyond_the_context_names_the_option(capsys, tiny_run, tmp_path):
     run = copy_run(tiny_run, tmp_path)
+    shutil.rmtree(run / "04_ppo")  # a finished PPO run is kept (refused without --resume), so train a new one
     assert PPO[-2:] == ["--ppo-max-new-tokens", "16"]
     line = one_line_error(capsys, "ppo", "--fast", *PPO[:-2], "--ppo-max-new-tokens", "200", "--out", run)
     assert "with max_new_tokens=200 that makes" in line and "more than the model's 128 (n_positions)" in line
