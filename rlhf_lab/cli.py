@@ -53,19 +53,24 @@ class _Parser(argparse.ArgumentParser):
 def _configs():
     """{stage: (its config class, the prefix of its options)}."""
     from .dpo import DPOConfig
+    from .iterate import IterateConfig
     from .pipeline import RankConfig
     from .ppo import PPOConfig
     from .reward_model import RewardConfig
     from .sft import SFTConfig
     return {"sft": (SFTConfig, "sft_"), "rank": (RankConfig, ""), "rm": (RewardConfig, "rm_"),
-            "ppo": (PPOConfig, "ppo_"), "dpo": (DPOConfig, "dpo_")}
+            "ppo": (PPOConfig, "ppo_"), "dpo": (DPOConfig, "dpo_"), "iterate": (IterateConfig, "iterate_")}
 
 
 # fields that get no option of their own: the command sets them (paths between stages), or a common
 # option does (--device; the rank stage's --seed and --data)
 _WIRED = {"sft": ("device",), "rank": ("seed", "prompts"), "rm": ("trunk", "sft_adapter", "device"),
           "ppo": ("sft", "reward_model", "reward", "model", "device"),
-          "dpo": ("sft", "reward_model", "model", "device")}
+          "dpo": ("sft", "reward_model", "model", "device"),
+          "iterate": ("seed", "rounds")}  # --seed, and --rounds (a shortcut of its own)
+# iterate: PPO's options without those the rounds decide (steps per round, the algorithm, the held-out prompts)
+# and the critic-free algorithms' fields; the seed is --seed's, one for every part of the rounds
+_ITERATE_PPO_SKIP = ("steps", "algo", "eval_prompts", "group_size", "kl_loss_coef", "group_std", "seed")
 # what --resume may find changed: the paths the command sets, and the device (a run may move machines)
 _NOT_COMPARED = _WIRED | {"rank": ()}
 
@@ -101,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
              "rank": "stage 2a: simulated annotators rank K samples per prompt",
              "label": "the same as rank", "rm": "stage 2b: the reward model from the rankings",
              "ppo": "stage 3: PPO (or --algo rloo, grpo) against the reward model with a KL penalty",
-             "dpo": "DPO: the policy learns from the reward model's pairs directly, no RL (beside stage 3)"}
+             "dpo": "DPO: the policy learns from the reward model's pairs directly, no RL (beside stage 3)",
+             "iterate": "iterated online RLHF: rounds of rankings of the policy's samples, a reward model "
+                        "retrained on them all, PPO continued (after stage 2)"}
     configs = _configs()
     for name, text in helps.items():
         p = sub.add_parser(name, help=text, description=text)
@@ -121,8 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resume", action="store_true", help="continue the run in --out: keep finished stages, "
                        "continue PPO from its last checkpoint (the options must be those the run was made with)")
         p.add_argument("--debug", action="store_true", help="show the traceback of an error (or set RLHF_LAB_DEBUG=1)")
-        stages = STAGES if name == "run" else ({"label": ("rank",)}.get(name, (name,)))
-        if "ppo" in stages:
+        stages = STAGES if name == "run" else ({"label": ("rank",), "iterate": ("iterate", "rm", "ppo")}
+                                                .get(name, (name,)))
+        if name == "iterate":
+            from .iterate import IterateConfig
+            add_field_option(p, IterateConfig, "rounds", "--rounds", dest="rounds", help="refresh rounds after round 0")
+        if "ppo" in stages and name != "iterate":
             cls = configs["ppo"][0]
             g = p.add_argument_group("shortcuts")
             add_field_option(g, cls, "steps", "--steps", dest="steps", help="PPO updates (= --ppo-steps)")
@@ -138,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
             add_field_option(p, SFTConfig, "r", "--lora-r", dest="lora_r", help="LoRA rank for every stage's adapter")
         for stage in stages:
             cls, prefix = configs[stage]
-            add_config_args(p, cls, prefix=prefix, skip=_WIRED[stage])
+            skip = _WIRED[stage] + ({"ppo": _ITERATE_PPO_SKIP, "rm": ("seed",)}.get(stage, ()) if name == "iterate"
+                                    else ())
+            add_config_args(p, cls, prefix=prefix, skip=skip)
     return parser
 
 
@@ -154,6 +167,7 @@ def _option(args, name: str):
 def _stage_configs(args, fast: bool | None = None) -> dict:
     """The resolved config of each stage: FAST or full defaults, then the options given."""
     from .dpo import DPOConfig, dpo_config
+    from .iterate import IterateConfig, iterate_config
     from .pipeline import RankConfig
     from .ppo import PPOConfig, ppo_config
     from .reward_model import RewardConfig, reward_config
@@ -175,7 +189,9 @@ def _stage_configs(args, fast: bool | None = None) -> dict:
         ppo_overrides["adaptive_kl"] = False
     ppo = config_from_args(PPOConfig, args, "ppo_", ppo_config(fast), **common, **lora, **ppo_overrides)
     dpo = config_from_args(DPOConfig, args, "dpo_", dpo_config(fast), **common, **lora, prompts=args.data)
-    return {"sft": sft, "rank": rank, "rm": rm, "ppo": ppo, "dpo": dpo}
+    iterate = config_from_args(IterateConfig, args, "iterate_", iterate_config(fast), seed=args.seed,
+                               rounds=_option(args, "rounds"))
+    return {"sft": sft, "rank": rank, "rm": rm, "ppo": ppo, "dpo": dpo, "iterate": iterate}
 
 
 # -----------------------------------------------------------------------------
@@ -418,6 +434,41 @@ def stage_dpo(out: Path, cfg, args, resume: bool) -> dict:
     return s
 
 
+def stage_iterate(out: Path, configs: dict, args, resume: bool) -> dict:
+    """Iterated online RLHF (rlhf_lab/iterate.py) on the SFT model, rankings and reward model in `out`:
+    round 0 is PPO against that reward model, each later round ranks the policy's samples, retrains the
+    reward model on every ranking so far and continues PPO; then one-shot RLHF with the same labels."""
+    from . import pipeline
+    from .iterate import SUMMARY_FILE, IteratedRLHF, plot_rounds
+
+    folder = out / pipeline.ITERATE_DIR
+    if (folder / SUMMARY_FILE).is_file() and not resume:
+        raise LabError(f"{short_path(folder)} already holds an iterated run; pass --resume to keep it (or to "
+                       "continue it), or choose another --out.")
+    if folder.is_dir() and (folder / "iterate_config.json").is_file() and not resume:
+        raise LabError(f"{short_path(folder)} holds an unfinished iterated run; pass --resume to continue it, or "
+                       "choose another --out.")
+    require_stages(out, "sft", "rank", "rm")
+    cfg = configs["iterate"]
+    ppo = {k: v for k, v in dataclasses.asdict(configs["ppo"]).items()
+           if k not in _ITERATE_PPO_SKIP + _WIRED["ppo"] or k == "device"} | {"device": args.device}
+    rm = {k: v for k, v in dataclasses.asdict(configs["rm"]).items()
+          if k not in _WIRED["rm"] + ("seed",) or k == "device"} | {"device": args.device}
+    it = IteratedRLHF(cfg, pipeline.sft_adapter_path(out), pipeline.rankings_path(out), pipeline.reward_model_path(out),
+                      folder, fast=bool(args.fast), ppo_overrides=ppo, rm_overrides=rm, progress=True)
+    summary = it.run()
+    _save_figure(plot_rounds(it.summary(), it.history()), out / "plots" / "iterate.png")
+    line = (f"[iterate] {summary['rounds']} rounds, {summary['labels']} rankings: reward model accuracy on the policy's "
+            f"samples {summary['rm_acc_policy_samples_stale']:.1%} (first RM) -> "
+            f"{summary['rm_acc_policy_samples_refreshed']:.1%} (refreshed); gold {summary['gold_sft']:+.3f} (SFT) -> "
+            f"{summary['gold_iterated']:+.3f} (iterated, KL {summary['kl_iterated']:.2f} nats)")
+    if "gold_one_shot_same_labels" in summary:
+        line += (f", {summary['gold_one_shot_same_labels']:+.3f} (one-shot with the same labels, KL "
+                 f"{summary['kl_one_shot']:.2f} nats)")
+    print(line)
+    return summary
+
+
 # -----------------------------------------------------------------------------
 # the whole pipeline and its report
 
@@ -531,6 +582,8 @@ def run_stage(args) -> None:
         stage_ppo(out, configs["ppo"], args, args.resume)
     elif stage == "dpo":
         stage_dpo(out, configs["dpo"], args, args.resume)
+    elif stage == "iterate":
+        stage_iterate(out, configs, args, args.resume)
 
 
 # -----------------------------------------------------------------------------

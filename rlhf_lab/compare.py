@@ -110,6 +110,22 @@ def measured(device: str | torch.device | None = None):
 # the methods
 
 
+def warm_up(sft: str | Path, reward_model: str | Path, prompts: list[str], fast: bool = False) -> float:
+    """Build the shared trunk once and sample a few prompts, then let it go: the session's one-time costs
+    (lazy imports, tokenizer and kernel caches) are paid here, not by whichever method is measured first.
+    Returns the seconds it took."""
+    from .ppo import build_trainer, evaluate_adapter, ppo_config
+
+    start = time.perf_counter()
+    cfg = ppo_config(fast=fast, sft=str(sft), reward_model=str(reward_model), eval_prompts=max(2, len(prompts)))
+    trainer = build_trainer(cfg, progress=False)
+    evaluate_adapter(trainer, list(prompts), POLICY)
+    del trainer
+    gc.collect()
+    return time.perf_counter() - start
+
+
+
 def _eval_batch_size(fast: bool) -> int:
     """The chunks every method's evaluation samples in: PPO's batch_size (64 full, 32 FAST), so the
     SFT model's draws, and the draws of any model on the same chunks, are the same for every method."""

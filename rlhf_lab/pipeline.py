@@ -5,6 +5,7 @@
     runs/03_reward_model/reward_model notebook 03: the saved reward model      ensure_reward_model()
     runs/04_ppo/                      notebook 04: PPO (the command line's --algo rloo, grpo: 04_rloo, 04_grpo)
     runs/05_dpo/                      `rlhf-lab dpo`: DPO on the reward model's pairs
+    runs/06_iterate/                  notebook 07, `rlhf-lab iterate`: iterated online RLHF
 
 When a result is missing, the quick one is made with the stage's own functions and saved in the
 same place (so the next notebook finds it), with one printed line that says so.
@@ -24,6 +25,7 @@ from .utils import read_json, run_dir, short_path
 
 SFT_DIR, RANKINGS_DIR, REWARD_DIR, PPO_DIR = "01_sft", "02_rankings", "03_reward_model", "04_ppo"
 DPO_DIR = "05_dpo"
+ITERATE_DIR = "06_iterate"  # `rlhf-lab iterate` and notebook 07: iterated online RLHF
 K_DEFAULT = 4  # samples ranked per prompt: InstructGPT ranked K = 4..9; 4 keeps a ranking quick for a person
 N_RANKINGS = {False: 400, True: 60}  # full: 400 x 6 = 2,400 pairs: 15% of prompts held out, the rest
 # capped at MAX_PAIRS; FAST: seconds

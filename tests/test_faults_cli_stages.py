@@ -8,7 +8,7 @@ from faults import PPO, RANK, RM, RUN, SFT, cli, one_line_error
 
 from rlhf_lab.cli import build_parser
 
-COMMANDS = ("run", "sft", "rank", "label", "rm", "ppo", "dpo")
+COMMANDS = ("run", "sft", "rank", "label", "rm", "ppo", "dpo", "iterate")  # iterate runs in tests/test_iterate.py
 # DPO in seconds: one epoch, and its samples as PPO's (8 prompts, 16 tokens, one chunk of 8: the same draws)
 DPO = ["--dpo-epochs", "1", "--dpo-eval-prompts", "8", "--dpo-eval-batch-size", "8", "--dpo-max-new-tokens", "16",
        "--dpo-checkpoint-every", "2"]
@@ -37,6 +37,10 @@ def test_help_of_every_subcommand_states_ranges(capsys, command):
     if command == "dpo":
         assert "--dpo-beta DPO_BETA" in out and "(> 0; default: 0.3)" in out and "--dpo-loss-type {sigmoid,ipo}" in out
         assert "--steps" not in out and "--ppo-lr" not in out
+    if command == "iterate":
+        assert "--rounds ROUNDS" in out and "(>= 1; default: 3)" in out and "--iterate-rankings-per-round" in out
+        assert "--ppo-lr" in out and "--rm-epochs" in out  # the rounds' PPO and reward model
+        assert "--steps" not in out and "--algo" not in out and "--ppo-steps" not in out  # the rounds decide
 
 
 @pytest.fixture(scope="module")
