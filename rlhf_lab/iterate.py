@@ -214,11 +214,16 @@ class IteratedRLHF:
         return build_trainer(cfg, out_dir=out or self.out_dir / "ppo", resume=True, progress=False)
 
     def round_items(self, r: int, n: int, exclude=()) -> list[dict]:
-        """n fresh prompts' k samples of the policy that round r starts from (round r - 1's), to rank: the
-        prompts the annotators would take first, so the learner's rankings take their place."""
+        """k samples of the policy that round r starts from (round r - 1's) for n fresh prompts, for the
+        learner to rank into round r's file (widget.RankingWidget(items, it.rankings_of(r))). Pass their
+        prompts to run_round(r, exclude=...): the annotators then leave to the learner what the learner has
+        not ranked yet. [] once round r's rankings are closed (its reward model is trained)."""
         from .loading import load_prompts
         from .pipeline import sample_items
 
+        if r < 1 or (self.round_dir(r) / "before_ppo.json").is_file():
+            return []
+        self.round_dir(r).mkdir(parents=True, exist_ok=True)  # where the widget writes
         trainer = self.trainer(r - 1)
         used = self._used_prompts(r) | set(exclude)
         prompts = [p for p in dict.fromkeys(load_prompts(self.ppo_cfg.prompts, "train")["prompt"]) if p not in used][:n]
@@ -231,9 +236,11 @@ class IteratedRLHF:
         return {rec["prompt"] for q in range(r) if self.rankings_of(q).is_file()
                 for rec in RankingStore(self.rankings_of(q)).records()}
 
-    def rank(self, r: int, policy=None) -> Path:
+    def rank(self, r: int, policy=None, exclude=()) -> Path:
         """Round r's rankings: the annotators top round_<r>/rankings.jsonl up to rankings_per_round with
-        samples of the current policy (round r - 1's), on prompts no earlier round ranked."""
+        samples of the current policy (round r - 1's), on prompts no earlier round ranked; rankings the
+        learner made in the file (round_items, the widget) count, and `exclude` (the prompts still waiting
+        in the learner's widget) are left for the learner."""
         from .loading import load_prompts
         from .pipeline import count_rankings, top_up_rankings
 
@@ -244,7 +251,8 @@ class IteratedRLHF:
         trainer = policy if policy is not None else self.trainer(r - 1)
         prompts = load_prompts(self.ppo_cfg.prompts, "train")["prompt"]
         top_up_rankings(path, trainer.model, trainer.tokenizer, self.cfg.rankings_per_round, K=self.cfg.k,
-                        prompts=prompts, exclude_prompts=sorted(self._used_prompts(r)), seed=self.cfg.seed + r)
+                        prompts=prompts, exclude_prompts=sorted(self._used_prompts(r) | set(exclude)),
+                        seed=self.cfg.seed + r)
         return path
 
     def pairs_until(self, r: int, one_shot: bool = False):
@@ -313,9 +321,10 @@ class IteratedRLHF:
 
         return sum(count_rankings(self.rankings_of(q)) for q in range(r + 1))
 
-    def run_round(self, r: int) -> dict:
+    def run_round(self, r: int, exclude=()) -> dict:
         """Round r, from wherever it stopped: rank (r > 0), refresh the reward model (r > 0), measure the
-        stale and the refreshed reward model on the current policy's samples, continue PPO, measure."""
+        stale and the refreshed reward model on the current policy's samples, continue PPO, measure.
+        exclude: prompts the annotators leave alone (those waiting in the learner's widget)."""
         done = self.result_of(r)
         if done is not None:
             return done
@@ -336,7 +345,7 @@ class IteratedRLHF:
                 sft, _ = evaluate_adapter(before, list(self.eval_prompts), adapter=None, seed=self.cfg.seed)
                 state = {"sft_gold": sft["gold_score_ppo"], "sft_proxy": sft["reward_score_ppo"]}
             else:
-                self.rank(r, policy=before)
+                self.rank(r, policy=before, exclude=exclude)
                 self.train_reward_model(r)
                 accuracy = self.measure_accuracy(before, {"stale": self.reward_model_of(0),
                                                            "refreshed": self.reward_model_of(r)})
