@@ -47,3 +47,27 @@ def test_notebook_05_shows_over_optimisation_and_the_kl_lesson():
     assert f["bon_gold"]["64"] > f["bon_gold"]["1"]
     assert f["bon_kl"]["64"] == pytest.approx(math.log(64) - 63 / 64)  # 3.1745 nats
     assert all(share >= 0.95 for share in f["garble_prefers_original"].values())
+
+
+def test_notebook_06_every_method_beats_sft_and_its_prose_holds():
+    """The statements of notebook 06's closing section, against the figures of its committed full run."""
+    f = figures.of_notebook(ROOT / "notebooks" / "06_beyond_ppo.ipynb")
+    assert f, "notebook 06 carries no figures: run scripts/run_notebooks.py on it"
+    assert f["fast"] is False
+    frontier = f["frontier"]
+    assert set(frontier) == {"ppo", "rloo", "grpo", "dpo", "best_of_n"}
+    for method, point in frontier.items():
+        assert {"gold", "kl", "seconds"} <= set(point), method
+        assert point["gold"] > f["sft_gold"], method  # every method beats SFT on gold
+    assert f["label_pairs"] == 2000  # the same label budget: the reward model's training pairs
+    # best-of-n spends the least KL, for gold close to the best method's; its KL is the closed form
+    bon = frontier["best_of_n"]
+    n = bon["n"]
+    assert bon["kl"] == pytest.approx(math.log(n) - (n - 1) / n)
+    assert bon["kl"] < min(p["kl"] for m, p in frontier.items() if m != "best_of_n")
+    assert bon["gold"] >= max(p["gold"] for p in frontier.values()) - 0.15
+    # DPO trains fastest; beta decides how far it strays: at 0.1 tens of nats and less gold
+    assert frontier["dpo"]["seconds"] < min(frontier[m]["seconds"] for m in ("ppo", "rloo", "grpo"))
+    betas, kls, golds = f["dpo_betas"], f["dpo_kl"], f["dpo_gold"]
+    assert betas == sorted(betas) and betas[0] == 0.1 and kls == sorted(kls, reverse=True) and kls[0] >= 10
+    assert golds[0] < max(golds[1:])
