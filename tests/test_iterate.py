@@ -166,3 +166,15 @@ def test_killed_with_kill_9_and_resumed_it_ends_as_an_uninterrupted_run(tiny_run
                 for rec in RankingStore(r / ITERATE_DIR / f"round_{i}" / "rankings.jsonl").records()]
 
     assert rankings(run) == rankings(iterated) and len(rankings(run)) == 8  # the same rankings, each once
+
+
+def test_label_agreement_is_the_share_of_untied_pairs_gold_agrees_with(tmp_path):
+    from rlhf_lab.iterate import label_agreement
+
+    path = tmp_path / "rankings.jsonl"
+    record = {"prompt": "The film ", "completions": ["was superb and moving.", "was dull.", "was terrible and dull."],
+              "annotator": "test", "time": "2026-01-01T00:00:00+00:00"}
+    path.write_text(json.dumps(record | {"ranking": [0, 1, 2]}) + "\n")  # gold's own order: 3 pairs of 3
+    assert label_agreement(path) == 1.0
+    path.write_text(json.dumps(record | {"ranking": [1, 0, 2]}) + "\n")  # superb and dull swapped: 2 of 3
+    assert label_agreement(path) == pytest.approx(2 / 3)
