@@ -30,31 +30,27 @@ depend on what the reward likes, and both sides sample 24 tokens per update (the
 Measured per side: episodes per second (median over the timed updates; each update's wall time is one
 full trip of the training loop), the timed updates' total seconds, the whole subprocess's seconds, peak
 resident memory (VmHWM of the subprocess, cross-checked with wait4's ru_maxrss), resident memory once
-the models are built, and the time split generation / scoring (the no-grad passes, rewards, advantages)
-/ update (the PPO epochs). The machine's load average is printed: on a shared machine the figures move.
+the models are built, the time split generation / scoring (the no-grad passes, rewards, advantages)
+/ update (the PPO epochs), and model-FLOPs utilisation: the task's model FLOPs per second (one count for
+both sides, update_flops: what a design adds or saves does not count) over the fp32 matmul rate that
+a `matmul` step measures on the same machine at the same thread count (bench_common.child_matmul).
+The machine's load average is printed: on a shared machine the figures move.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
-import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "data" / "tiny-gpt2"
-REVIEWS = REPO / "data" / "reviews" / "train.jsonl"
-GIB = 2**30
+from bench_common import (GIB, TINY, child_main, child_matmul, config_from_args, config_parser, machine_line,
+                          model_shape, pass_flops, peak_rss, pick_prompts, proc_status, run_child, run_info,
+                          save_reward_models)
 
 
 @dataclass
@@ -83,51 +79,7 @@ class BenchConfig:
 
 
 # -----------------------------------------------------------------------------
-# small helpers (standard library only: the parent process must not import torch, see run_side)
-
-
-def proc_status(key: str) -> int:
-    """A VmRSS / VmHWM line of /proc/self/status in bytes (0 where /proc does not exist)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def peak_rss() -> int:
-    """Peak resident memory of this process in bytes: VmHWM, or ru_maxrss where /proc is missing."""
-    hwm = proc_status("VmHWM")
-    if hwm:
-        return hwm
-    import resource
-    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux kilobytes
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity") else os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform()}
-
-
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-    out = {}
-    for name in ("torch", "transformers", "peft", "accelerate", "datasets", "trl"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
+# summaries (standard library only: the parent process must not import torch, see bench_common.run_child)
 
 
 def summarise_updates(updates: list[dict], warmup: int, batch_size: int) -> dict:
@@ -154,41 +106,16 @@ def child_prepare(cfg: BenchConfig, work: Path) -> dict:
 
     from rlhf_lab.loading import load_model
     from rlhf_lab.ppo import PPOConfig, TrunkRewardModel, add_policy_adapter
-    from rlhf_lab.reward_model import (RewardConfig, RewardModel, add_reward_adapter, load_reward_model,
-                                       new_reward_head, save_reward_model)
+    from rlhf_lab.reward_model import load_reward_model
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     trunk, tokenizer = load_model(str(TINY), device="cpu")
-
-    # prompts: openings of training reviews that tokenize, as generation tokenizes them, to exactly
-    # query_length tokens (no padding on either side) and decode back to the same ids
-    prompts, ids = [], []
-    for line in REVIEWS.read_text().splitlines():
-        text_ids = tokenizer(json.loads(line)["text"], add_special_tokens=False)["input_ids"][:cfg.query_length]
-        if len(text_ids) < cfg.query_length:
-            continue
-        prompt = tokenizer.decode(text_ids)
-        if tokenizer([prompt])["input_ids"][0] == text_ids:
-            prompts.append(prompt)
-            ids.append(text_ids)
-        if len(prompts) == 2048:
-            break
+    prompts, ids = pick_prompts(tokenizer, cfg.query_length)
     if len(prompts) < cfg.batch_size:
         raise SystemExit(f"only {len(prompts)} prompts of {cfg.query_length} tokens; need {cfg.batch_size}")
     (work / "prompts.json").write_text(json.dumps({"prompts": prompts, "input_ids": ids}))
-
-    # the reward: trunk + a zero-effect LoRA adapter + a head; ours in its own format, TRL's as a
-    # sequence-classification model with the same head weights (the score layer has no bias; ours is 0)
-    head = new_reward_head(trunk.config.n_embd)
-    rm_cfg = RewardConfig(trunk=str(TINY), r=cfg.lora_r, lora_alpha=cfg.lora_alpha)
-    ours = RewardModel(add_reward_adapter(trunk, rm_cfg), head=head, tokenizer=tokenizer)
-    save_reward_model(ours, work / "reward_ours", rm_cfg)
-    trl_rm = AutoModelForSequenceClassification.from_pretrained(str(TINY), num_labels=1)
-    with torch.no_grad():
-        trl_rm.score.weight.copy_(head.weight)
-    trl_rm.config.pad_token_id = tokenizer.pad_token_id
-    trl_rm.save_pretrained(work / "reward_trl")
+    save_reward_models(trunk, tokenizer, work, cfg.lora_r, cfg.lora_alpha)
 
     # check: both score the same rollouts alike, each read the way its trainer reads it
     from trl.experimental.utils import get_reward  # what TRL's PPOTrainer calls
@@ -213,8 +140,10 @@ def child_prepare(cfg: BenchConfig, work: Path) -> dict:
     if not diff < 1e-4:
         raise SystemExit(f"the two reward models disagree (max abs difference {diff:.2e}); the benchmark "
                          "would not compare like with like")
+    # the policy adapter's weights only: load_reward_model put the "reward" adapter on the same model
+    lora_params = sum(p.numel() for n, p in policy.named_parameters() if "lora_" in n and ".policy." in n)
     return {"prompts": len(prompts), "reward_max_abs_difference": diff,
-            "reward_score_std": ours_scores.std().item()}
+            "reward_score_std": ours_scores.std().item(), "shape": model_shape(trunk2, lora_params)}
 
 
 # -----------------------------------------------------------------------------
@@ -442,16 +371,8 @@ def child_trl(cfg: BenchConfig, work: Path) -> dict:
             "threads": torch.get_num_threads()}
 
 
-CHILDREN = {"prepare": child_prepare, "ours": child_ours, "trl": child_trl}
-
-
-def child_main(side: str, work: Path, profile: bool) -> None:
-    cfg = BenchConfig(**json.loads((work / "config.json").read_text()))
-    cfg = dataclasses.replace(cfg, sides=tuple(cfg.sides), profile=profile)
-    start = time.perf_counter()
-    result = CHILDREN[side](cfg, work)
-    result = {"peak_rss": peak_rss()} | result | {"process_seconds": time.perf_counter() - start}
-    (work / f"result_{side}.json").write_text(json.dumps(result, indent=2))
+CHILDREN = {"prepare": child_prepare, "ours": child_ours, "trl": child_trl,
+            "matmul": lambda cfg, work: child_matmul(cfg.threads)}
 
 
 # -----------------------------------------------------------------------------
@@ -459,33 +380,22 @@ def child_main(side: str, work: Path, profile: bool) -> None:
 
 
 def run_side(side: str, cfg: BenchConfig, work: Path, verbose: bool, profile: bool = False) -> dict:
-    """Run one side in a fresh interpreter and return its result with the child's own rusage.
+    return run_child(__file__, side, work, cfg.threads, verbose, ("--profile",) if profile else ())
 
-    The parent imports no torch: a child started by fork/vfork may otherwise inherit the parent's
-    high-water mark into ru_maxrss; the child's own VmHWM is the main figure anyway.
-    """
-    env = dict(os.environ, OMP_NUM_THREADS=str(cfg.threads), MKL_NUM_THREADS=str(cfg.threads),
-               CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TRL_EXPERIMENTAL_SILENCE="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONPATH=os.pathsep.join(
-                   [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
-    log = work / f"{side}.log"
-    with open(log, "w") as out:
-        wall = time.perf_counter()
-        command = [sys.executable, __file__, "--child", side, "--work", str(work)] + (["--profile"] if profile else [])
-        proc = subprocess.Popen(command, env=env,
-                                stdout=None if verbose else out, stderr=subprocess.STDOUT if not verbose else None,
-                                cwd=REPO)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        wall = time.perf_counter() - wall
-    if proc.returncode != 0:
-        tail = "" if verbose else "\n".join(log.read_text().splitlines()[-30:])
-        raise SystemExit(f"the {side!r} side failed (exit {proc.returncode}); its log: {log}\n{tail}")
-    result = json.loads((work / f"result_{side}.json").read_text())
-    scale = 1 if sys.platform == "darwin" else 1024
-    result |= {"wall_seconds": wall, "ru_maxrss": usage.ru_maxrss * scale,
-               "cpu_seconds": usage.ru_utime + usage.ru_stime, "log": str(log)}
-    return result
+
+def update_flops(cfg: BenchConfig, shape: dict) -> float:
+    """Model FLOPs of one PPO update of this shape, the same count for both sides (bench_common.pass_flops):
+    sampling (prompt and response through the policy, the LM head at the response positions), one no-grad
+    pass each of the policy (old log-probs and values), the reference and the reward model, and ppo_epochs
+    forward + backward passes of the policy. What a design adds (TRL's value model) or saves (TRL's old
+    log-probs from the generation logits) does not count: MFU measures the task's work per second."""
+    B, T = cfg.batch_size, cfg.query_length + cfg.response_length
+    R = cfg.response_length
+    return (pass_flops(shape, B, T, R)                                   # generation
+            + pass_flops(shape, B, T, R)                                 # policy: old log-probs, values
+            + pass_flops(shape, B, T, R, lora=False)                     # reference
+            + pass_flops(shape, B, T, 0, lora=False)                     # reward model (a scalar head)
+            + cfg.ppo_epochs * pass_flops(shape, B, T, R, backward=True))  # the PPO epochs
 
 
 def report(cfg: BenchConfig, results: dict, prepare: dict, info: dict) -> str:
@@ -509,9 +419,7 @@ def report(cfg: BenchConfig, results: dict, prepare: dict, info: dict) -> str:
         + f", LoRA r={cfg.lora_r}, "
         f"fp32 CPU, {cfg.threads} thread{'s' if cfg.threads > 1 else ''}; median of {cfg.updates} updates "
         f"after {cfg.warmup} warm-up" + (f", fastest of {cfg.rounds} rounds)" if cfg.rounds > 1 else ")"),
-        f"{info['date']}, {info['machine']['cpu']}, nproc {info['machine']['nproc']}, load average "
-        f"{info['load_before'][0]:.2f} before / {info['load_after'][0]:.2f} after; "
-        + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v),
+        machine_line(info),
         "",
         header,
         "|---|" + "---:|" * (len(sides) + (1 if len(sides) == 2 else 0)),
@@ -526,6 +434,10 @@ def report(cfg: BenchConfig, results: dict, prepare: dict, info: dict) -> str:
         row("RSS with models built (GiB)", lambda v: f"{v / GIB:.2f}", lambda s: results[s]["rss"]["after_build"]),
         row("parameters held (MiB)", lambda v: f"{v / 2**20:.1f}", lambda s: results[s]["parameter_bytes"]),
         row("trainable parameters", lambda v: f"{v:,}", lambda s: results[s]["trainable_parameters"]),
+        row("model GFLOP/s (the task's FLOPs)", lambda v: f"{v / 1e9:.2f}",
+            lambda s: results[s]["model_flops_per_second"]),
+        row(f"MFU (fp32 matmul: {info['matmul']['flops_per_second'] / 1e9:.0f} GFLOP/s)", lambda v: f"{v:.1%}",
+            lambda s: results[s]["mfu"]),
     ]
     for phase in ("generation", "scoring", "update", "other"):
         lines.append(row(f"s per update: {phase}", lambda v: v, lambda s, p=phase: (
@@ -540,39 +452,15 @@ def report(cfg: BenchConfig, results: dict, prepare: dict, info: dict) -> str:
     return "\n".join(lines)
 
 
-def field_help() -> dict[str, str]:
-    """The comment beside each BenchConfig field, as rlhf_lab.config_args reads it; loaded from its file,
-    since importing the rlhf_lab package would import torch into this parent process."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("config_args", REPO / "rlhf_lab" / "config_args.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.field_help(BenchConfig)
-
-
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    helps = field_help()
-    for f in dataclasses.fields(BenchConfig):
-        help_text = f"{helps.get(f.name, '')} (default: {f.default})"
-        if f.name == "sides":
-            p.add_argument("--sides", nargs="+", choices=["ours", "trl"], default=list(f.default), help=help_text)
-        elif f.type in ("bool", bool):
-            p.add_argument("--" + f.name, action="store_true", help=help_text)
-        else:
-            p.add_argument("--" + f.name.replace("_", "-"), type={"int": int, "float": float}[str(f.type)],
-                           default=f.default, help=help_text)
-    p.add_argument("--work", type=Path, default=None, help="work folder (default: a fresh temporary one)")
-    p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
-    p.add_argument("--verbose", action="store_true", help="show each side's output instead of logging it")
-    p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.child:
-        child_main(args.child, args.work, args.profile)
+    args = config_parser(BenchConfig, __doc__, {"sides": ["ours", "trl"]}).parse_args(argv)
+    if args.child:  # in a subprocess: one side; --profile only where the parent asks for it
+        cfg = BenchConfig(**json.loads((args.work / "config.json").read_text()))
+        child_main(CHILDREN, args.child, args.work, dataclasses.replace(cfg, sides=tuple(cfg.sides),
+                                                                        profile=args.profile))
         return
 
-    cfg = BenchConfig(**{f.name: tuple(getattr(args, f.name)) if f.name == "sides" else getattr(args, f.name)
-                         for f in dataclasses.fields(BenchConfig)})
+    cfg = config_from_args(BenchConfig, args)
     if not 0 < cfg.micro_batch_size <= cfg.batch_size or cfg.batch_size % cfg.micro_batch_size:
         raise SystemExit(f"--micro-batch-size {cfg.micro_batch_size} must divide --batch-size {cfg.batch_size}")
     from importlib.util import find_spec
@@ -581,19 +469,16 @@ def main(argv=None) -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="ppo_vs_trl_"))
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-    info = {"date": datetime.date.today().isoformat(), "machine": machine(), "versions": versions(),
-            "load_before": os.getloadavg(), "config": dataclasses.asdict(cfg), "work": str(work)}
-    print(f"work folder: {work}   load average {info['load_before'][0]:.2f}   {info['machine']['cpu']}, "
-          f"nproc {info['machine']['nproc']}", flush=True)
-    if info["load_before"][0] > 0.5:
-        print(f"warning: the machine is busy (load average {info['load_before'][0]:.2f} on {info['machine']['nproc']} "
-              "CPUs): the figures will be noisy, and with --threads > 1 OpenMP threads that wait for each other "
-              "at every operator can slow both sides several-fold. Measure on a quiet machine, or use --rounds.",
-              flush=True)
+    print(f"work folder: {work}", flush=True)
+    info = run_info(cfg) | {"work": str(work)}
 
     prepare = run_side("prepare", cfg, work, args.verbose)
     print(f"prepared {prepare['prompts']} prompts; the two reward models agree to "
           f"{prepare['reward_max_abs_difference']:.1e}", flush=True)
+    info["matmul"] = run_side("matmul", cfg, work, args.verbose)
+    flops = update_flops(cfg, prepare["shape"])
+    print(f"fp32 matmul at {cfg.threads} thread(s): {info['matmul']['flops_per_second'] / 1e9:.1f} GFLOP/s; "
+          f"one update is {flops / 1e9:.1f} GFLOP of model work", flush=True)
     rounds = {side: [] for side in cfg.sides}
     for r in range(cfg.rounds):
         for side in cfg.sides:
@@ -607,13 +492,20 @@ def main(argv=None) -> None:
                   f"{result['wall_seconds']:.0f} s, load average {os.getloadavg()[0]:.2f}, tokens generated per "
                   f"update {tokens}", flush=True)
     info["load_after"] = os.getloadavg()
+    # other jobs only ever slow the matmul down too: MFU is against the faster of its two measurements
+    info["matmul"] = max(info["matmul"], run_side("matmul", cfg, work, args.verbose),
+                         key=lambda m: m["flops_per_second"])
     # other jobs only ever slow a side down: keep each side's fastest round, and its highest peak memory
     results = {}
     for side, runs in rounds.items():
         best = max(runs, key=lambda res: summarise_updates(res["updates"], cfg.warmup, cfg.batch_size)
                    ["episodes_per_second"])
+        speed = summarise_updates(best["updates"], cfg.warmup, cfg.batch_size)["episodes_per_second"]
         results[side] = best | {"peak_rss": max(res["peak_rss"] for res in runs),
-                                "profile": next((res["profile"] for res in runs if res.get("profile")), None)}
+                                "profile": next((res["profile"] for res in runs if res.get("profile")), None),
+                                "model_flops_per_update": flops,
+                                "model_flops_per_second": flops * speed / cfg.batch_size,
+                                "mfu": flops * speed / cfg.batch_size / info["matmul"]["flops_per_second"]}
 
     table = report(cfg, results, prepare, info)
     print("\n" + table)

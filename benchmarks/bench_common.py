@@ -1,0 +1,270 @@
+"""What the benchmarks against TRL share: options from a config dataclass, one subprocess per side,
+peak memory, the machine and the versions, the shared inputs (prompts, the reward model in both
+formats), and model-FLOPs utilisation (MFU) against a matmul measured on the same machine.
+
+The parent process of a benchmark must not import torch (see run_child): everything at module level
+here is standard library; torch and the lab are imported inside the functions that only children call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "data" / "tiny-gpt2"
+REVIEWS = REPO / "data" / "reviews" / "train.jsonl"
+GIB = 2**30
+
+
+# -----------------------------------------------------------------------------
+# memory, machine, versions
+
+
+def proc_status(key: str) -> int:
+    """A VmRSS / VmHWM line of /proc/self/status in bytes (0 where /proc does not exist)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def peak_rss() -> int:
+    """Peak resident memory of this process in bytes: VmHWM, or ru_maxrss where /proc is missing."""
+    hwm = proc_status("VmHWM")
+    if hwm:
+        return hwm
+    import resource
+    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux kilobytes
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": cpu, "nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity") else os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for name in ("torch", "transformers", "peft", "accelerate", "datasets", "trl"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def run_info(cfg) -> dict:
+    """Date, machine, versions and load average before the run, printed and kept in the JSON."""
+    info = {"date": datetime.date.today().isoformat(), "machine": machine(), "versions": versions(),
+            "load_before": os.getloadavg(), "config": dataclasses.asdict(cfg)}
+    load, nproc = info["load_before"][0], info["machine"]["nproc"]
+    print(f"load average {load:.2f}   {info['machine']['cpu']}, nproc {nproc}", flush=True)
+    if load > 0.5:
+        print(f"warning: the machine is busy (load average {load:.2f} on {nproc} CPUs): the figures will be noisy, "
+              "and with --threads > 1 OpenMP threads that wait for each other at every operator can slow both "
+              "sides several-fold. Measure on a quiet machine, or use --rounds.", flush=True)
+    return info
+
+
+def machine_line(info: dict) -> str:
+    """The second line of a report: date, CPU, nproc, load, versions."""
+    return (f"{info['date']}, {info['machine']['cpu']}, nproc {info['machine']['nproc']}, load average "
+            f"{info['load_before'][0]:.2f} before / {info['load_after'][0]:.2f} after; "
+            + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v))
+
+
+# -----------------------------------------------------------------------------
+# options: one per field of the benchmark's config dataclass, its help from the field's comment
+
+
+def field_help(cls) -> dict[str, str]:
+    """The comment beside each field, as rlhf_lab.config_args reads it; loaded from its file, since
+    importing the rlhf_lab package would import torch into the parent process."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("config_args", REPO / "rlhf_lab" / "config_args.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.field_help(cls)
+
+
+def config_parser(cls, description: str, choices: dict[str, list[str]]) -> argparse.ArgumentParser:
+    """--option per field of `cls` (a tuple field takes several of `choices[name]`), and --work, --json,
+    --verbose and the hidden --child that the parent uses to start each side."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    helps = field_help(cls)
+    for f in dataclasses.fields(cls):
+        help_text = f"{helps.get(f.name, '')} (default: {f.default})"
+        if f.name in choices:
+            p.add_argument("--" + f.name.replace("_", "-"), nargs="+", choices=choices[f.name],
+                           default=list(f.default), help=help_text)
+        elif f.type in ("bool", bool):
+            p.add_argument("--" + f.name.replace("_", "-"), action="store_true", help=help_text)
+        else:
+            p.add_argument("--" + f.name.replace("_", "-"), type={"int": int, "float": float}[str(f.type)],
+                           default=f.default, help=help_text)
+    p.add_argument("--work", type=Path, default=None, help="work folder (default: a fresh temporary one)")
+    p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+    p.add_argument("--verbose", action="store_true", help="show each side's output instead of logging it")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    return p
+
+
+def config_from_args(cls, args):
+    return cls(**{f.name: tuple(getattr(args, f.name)) if isinstance(f.default, tuple) else getattr(args, f.name)
+                  for f in dataclasses.fields(cls)})
+
+
+# -----------------------------------------------------------------------------
+# one subprocess per side
+
+
+def run_child(script: str, child: str, work: Path, threads: int, verbose: bool, extra: tuple[str, ...] = ()) -> dict:
+    """Run `script --child child` in a fresh interpreter and return its result with its own rusage.
+
+    The parent imports no torch: a child started by fork/vfork may otherwise inherit the parent's
+    high-water mark into ru_maxrss; the child's own VmHWM is the main figure anyway.
+    """
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TRL_EXPERIMENTAL_SILENCE="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONPATH=os.pathsep.join(
+                   [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+    log = work / f"{child}.log"
+    with open(log, "w") as out:
+        wall = time.perf_counter()
+        command = [sys.executable, script, "--child", child, "--work", str(work), *extra]
+        proc = subprocess.Popen(command, env=env, stdout=None if verbose else out,
+                                stderr=subprocess.STDOUT if not verbose else None, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - wall
+    if proc.returncode != 0:
+        tail = "" if verbose else "\n".join(log.read_text().splitlines()[-30:])
+        raise SystemExit(f"the {child!r} side failed (exit {proc.returncode}); its log: {log}\n{tail}")
+    result = json.loads((work / f"result_{child}.json").read_text())
+    scale = 1 if sys.platform == "darwin" else 1024
+    result |= {"wall_seconds": wall, "ru_maxrss": usage.ru_maxrss * scale,
+               "cpu_seconds": usage.ru_utime + usage.ru_stime, "log": str(log)}
+    return result
+
+
+def child_main(children: dict, child: str, work: Path, cfg) -> None:
+    """In the child: run children[child](cfg, work) and write its result, with the process's peak memory."""
+    start = time.perf_counter()
+    result = children[child](cfg, work)
+    result = {"peak_rss": peak_rss()} | result | {"process_seconds": time.perf_counter() - start}
+    (work / f"result_{child}.json").write_text(json.dumps(result, indent=2))
+
+
+# -----------------------------------------------------------------------------
+# the shared inputs (children only)
+
+
+def pick_prompts(tokenizer, length: int, limit: int = 2048) -> tuple[list[str], list[list[int]]]:
+    """Openings of training reviews that tokenize, as generation tokenizes them, to exactly `length`
+    tokens (no padding on either side) and decode back to the same ids."""
+    prompts, ids = [], []
+    for line in REVIEWS.read_text().splitlines():
+        text_ids = tokenizer(json.loads(line)["text"], add_special_tokens=False)["input_ids"][:length]
+        if len(text_ids) < length:
+            continue
+        prompt = tokenizer.decode(text_ids)
+        if tokenizer([prompt])["input_ids"][0] == text_ids:
+            prompts.append(prompt)
+            ids.append(text_ids)
+        if len(prompts) == limit:
+            break
+    return prompts, ids
+
+
+def save_reward_models(trunk, tokenizer, work: Path, r: int, lora_alpha: float):
+    """One reward function in two formats: the tiny trunk, a LoRA "reward" adapter whose B is zero (it
+    adds nothing, but ours pays for running it) and a linear head N(0, 1/sqrt(n_embd + 1)). Ours is a
+    stage-2 reward model in work/reward_ours; TRL's a GPT2ForSequenceClassification (num_labels=1) with
+    the same head weights in work/reward_trl (its score layer has no bias; ours is 0)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf_lab.reward_model import RewardConfig, RewardModel, add_reward_adapter, new_reward_head, save_reward_model
+
+    head = new_reward_head(trunk.config.n_embd)
+    rm_cfg = RewardConfig(trunk=str(TINY), r=r, lora_alpha=lora_alpha)
+    save_reward_model(RewardModel(add_reward_adapter(trunk, rm_cfg), head=head, tokenizer=tokenizer),
+                      work / "reward_ours", rm_cfg)
+    trl_rm = AutoModelForSequenceClassification.from_pretrained(str(TINY), num_labels=1)
+    with torch.no_grad():
+        trl_rm.score.weight.copy_(head.weight)
+    trl_rm.config.pad_token_id = tokenizer.pad_token_id
+    trl_rm.save_pretrained(work / "reward_trl")
+
+
+# -----------------------------------------------------------------------------
+# model-FLOPs utilisation, the nanoGPT way (estimate_mfu in karpathy/nanoGPT's model.py)
+
+
+def model_shape(model, lora_params: int) -> dict:
+    """What the FLOPs count needs of a GPT-2 (children only): layers, width, vocabulary, the weights of
+    the transformer blocks and final layer norm (the trunk; embeddings are lookups, not matmuls), and
+    the LoRA adapter's weights. `model` may already carry adapters (peft wraps in place)."""
+    gpt2 = model.transformer
+    trunk = sum(p.numel() for name, p in [*gpt2.h.named_parameters(), *gpt2.ln_f.named_parameters()]
+                if "lora_" not in name)  # peft wraps the layers in place: its adapters are not the trunk
+    return {"n_layer": model.config.n_layer, "n_embd": model.config.n_embd,
+            "vocab_size": model.get_output_embeddings().weight.shape[0], "trunk_params": trunk,
+            "lora_params": lora_params}
+
+
+def pass_flops(shape: dict, sequences: int, seq_len: int, head_positions: int, lora: bool = True,
+               backward: bool = False) -> float:
+    """Model FLOPs of one pass over `sequences` sequences of `seq_len` tokens, counted as nanoGPT's
+    estimate_mfu counts them: 2 per weight per token forward, and per token 4 L d T for attention's
+    QK^T and AV (T = seq_len, no causal halving). The backward pass takes 2 per weight per token for
+    the activations' gradients, 2 per *trained* weight for the weights' gradients, and twice the
+    forward attention: with every weight trained that is nanoGPT's 6N + 12 L d T per token; with LoRA,
+    whose frozen weights get no gradient, 4N + 2 N_lora. The LM head (tied to the frozen embedding)
+    is counted only at the `head_positions` per sequence whose log-probs are read (0 for a scalar-head
+    pass: reward and value heads, 2d per position, are left out)."""
+    weights = shape["trunk_params"] + (shape["lora_params"] if lora else 0)
+    attention = 4 * shape["n_layer"] * shape["n_embd"] * seq_len            # per token, forward
+    head = 2 * shape["vocab_size"] * shape["n_embd"] * head_positions       # per sequence, forward
+    flops = seq_len * (2 * weights + attention) + head
+    if backward:
+        trained = shape["lora_params"] if lora else 0
+        flops += seq_len * (2 * weights + 2 * trained + 2 * attention) + head
+    return sequences * flops
+
+
+def child_matmul(threads: int, n: int = 2048, repeats: int = 6) -> dict:
+    """The machine's fp32 matmul rate at `threads` torch threads: the best of `repeats` (n x n) @ (n x n)
+    products after one warm-up, 2 n^3 FLOPs each. MFU divides a side's model FLOPs per second by it
+    (nanoGPT divides by the GPU's datasheet peak; a CPU has none that one thread reaches)."""
+    import torch
+    torch.set_num_threads(threads)
+    a, b, out = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+    torch.mm(a, b, out=out)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    return {"n": n, "threads": torch.get_num_threads(), "seconds": best, "flops_per_second": 2 * n**3 / best}
