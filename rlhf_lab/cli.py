@@ -348,7 +348,6 @@ def stage_rm(out: Path, cfg, args, resume: bool) -> dict:
     from . import pipeline
     from .preferences import load_preferences
     from .reward_model import META_FILE, plot_history, save_reward_model, train_reward_model
-    from .sft import load_sft, merge_adapter
 
     path = pipeline.reward_model_path(out)
     if resume and (path / META_FILE).is_file():
@@ -357,15 +356,18 @@ def stage_rm(out: Path, cfg, args, resume: bool) -> dict:
     require_stages(out, "sft", "rank")
     start = time.time()
     sft_path = pipeline.sft_adapter_path(out)
-    policy, tokenizer = load_sft(sft_path, device=args.device)
-    base = read_json(sft_path / "sft_config.json", "SFT config")["model"]
+    sft_saved = read_json(sft_path / "sft_config.json", "SFT config")
+    base, data = sft_saved["model"], args.data or sft_saved.get("data")  # the run's data, also for `rlhf-lab rm`
     cfg = dataclasses.replace(cfg, trunk=base, sft_adapter=str(sft_path))
     # whole prompts held out, then at most 2,000 training pairs: the same split as the notebooks
     train, held_out = pipeline.reward_model_pairs(load_preferences(pipeline.rankings_path(out)), cfg)
-    result = train_reward_model(cfg, train, trunk=merge_adapter(policy), tokenizer=tokenizer,
-                                eval_pairs=held_out, progress=True)
-    n_norm = pipeline.N_NORMALISE[bool(args.fast)]
-    norm = result.reward_model.normalise_on(pipeline.normalisation_samples(policy, tokenizer, n_norm, cfg.seed))
+    # one copy of the backbone (the SFT model merged): it samples for the normalisation, on the run's own
+    # held-out prompts, then carries the reward adapter
+    trunk, tokenizer, samples = pipeline.sft_trunk_and_samples(sft_path, base, pipeline.N_NORMALISE[bool(args.fast)],
+                                                               cfg.seed, prompts=data, device=args.device)
+    result = train_reward_model(cfg, train, trunk=trunk, tokenizer=tokenizer, eval_pairs=held_out, progress=True,
+                                copy_trunk=False)
+    norm = result.reward_model.normalise_on(samples) | {"prompts": data or "tiny"}
     metrics = result.metrics | {"normalisation": norm, "train_pairs": len(result.train_pairs),
                                 "eval_pairs": len(result.eval_pairs), "seconds": time.time() - start}
     save_reward_model(result.reward_model, path, cfg, metrics)
@@ -491,6 +493,18 @@ def before_after_samples(out: Path, trainer, n_prompts: int, seed: int) -> list[
     return rows
 
 
+def sample_lengths(sft: dict, ppo: dict, max_new_tokens: int) -> dict:
+    """How long the models write and how often they stop within max_new_tokens: the share of held-out samples
+    that end with EOS and their mean length in tokens (EOS included), of the SFT model and of stage 3's policy
+    (under "ppo" whatever the algo, as in its summary), beside the length of the demonstrations SFT taught.
+    A policy that learns to stop early under the no-EOS score gains gold for that alone; these tell it apart."""
+    def model(name):
+        return {"eos_share": ppo.get(f"eos_share_{name}"), "mean_length": ppo.get(f"response_length_{name}")}
+
+    return {"max_new_tokens": max_new_tokens, "demonstrations": sft.get("completion_tokens", {}),
+            "sft": model("sft"), "ppo": model("ppo")}
+
+
 def write_report(out: Path, summary: dict, samples: list[dict]) -> Path:
     """A short Markdown report: the headline numbers, the plots, and a few samples of each model."""
     import html
@@ -511,6 +525,7 @@ def write_report(out: Path, summary: dict, samples: list[dict]) -> Path:
         f"| {s['reward_model']['seconds']:.0f} |",
         f"| 3. {name} | gold {s['ppo']['gold_score_sft']:+.3f} (SFT) -> {s['ppo']['gold_score_ppo']:+.3f} ({name}), "
         f"KL {s['ppo']['kl']:.2f} nats, {s['ppo']['episodes_per_second']:.1f} episodes/s | {s['ppo']['seconds']:.0f} |",
+        "", *_length_lines(s.get("lengths"), name),
         "", "![SFT loss](plots/sft_loss.png)", "![reward model](plots/reward_model_accuracy.png)",
         f"![{name}](plots/{algo}_training.png)", "", "## Samples (held-out prompts, same seed for each model)", "",
         "| prompt | model | completion | gold | reward model |", "|---|---|---|---|---|",
@@ -522,6 +537,20 @@ def write_report(out: Path, summary: dict, samples: list[dict]) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _length_lines(lengths: dict | None, name: str) -> list[str]:
+    """The report's lines on EOS share and length (sample_lengths), or none for a summary without them."""
+    if not lengths or lengths["sft"]["eos_share"] is None:
+        return []
+    sft, policy, demos = lengths["sft"], lengths["ppo"], lengths.get("demonstrations") or {}
+    line = (f"Held-out samples of at most {lengths['max_new_tokens']} new tokens: ended with EOS "
+            f"{sft['eos_share']:.0%} (SFT) -> {policy['eos_share']:.0%} ({name}), mean length "
+            f"{sft['mean_length']:.1f} -> {policy['mean_length']:.1f} tokens.")
+    if demos:
+        line += (f" The SFT demonstrations' completions: {demos['mean']:.1f} tokens on average with EOS, 95% "
+                 f"within {demos['p95']}.")
+    return [line]
 
 
 def run_pipeline(args) -> dict:
@@ -554,6 +583,7 @@ def run_pipeline(args) -> dict:
         cfg = dataclasses.replace(configs["ppo"], **read_json(ppo_dir / "ppo_config.json", "PPO config"))
         trainer = build_trainer(cfg, out_dir=ppo_dir, resume=True, progress=False)
     samples = before_after_samples(out, trainer, n_prompts=16 if args.fast else 64, seed=seed)
+    summary["lengths"] = sample_lengths(summary["sft"], ppo, configs["ppo"].max_new_tokens)
     summary["seconds"] = time.time() - start
     summary["stage_seconds"] = {"sft": summary["sft"]["seconds"], "rankings": summary["rankings"]["seconds"],
                                 "reward_model": summary["reward_model"]["seconds"], "ppo": ppo["seconds"]}

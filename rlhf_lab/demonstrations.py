@@ -39,7 +39,10 @@ VERDICT = "Overall, {score} out of four."  # the house style's last line; no lex
 # a space is two rare tokens that a tiny model samples badly.
 SCORE_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
 OVERSAMPLE = 3  # corpus reviews drawn per demonstration kept (about 45% are short enough)
-HUB_MAX_WORDS = 60  # hub reviews: whole sentences up to this many words (IMDB reviews run ~230)
+HUB_MAX_WORDS = 30  # hub reviews: whole sentences up to this many words (IMDB reviews run ~230), so that the
+# completion (the review less its 2-5 prompt words) and EOS fit in the 48 new tokens that ranking, PPO and
+# evaluation sample: English runs ~1.3 GPT-2 tokens a word, and 28 words overflow 47 tokens only past 1.68.
+# At 60 words 97% of IMDB demonstrations did not fit, and PPO's first lesson became "stop early" (issue 13)
 
 
 # -----------------------------------------------------------------------------
@@ -159,9 +162,12 @@ def load_demonstrations(name: str | Path = "tiny", split: str = "train", limit: 
     - a local file or folder that already has prompt and completion columns: as it is;
     - anything else (a hub id such as "stanfordnlp/imdb", a local file of texts): loaded with
       loading.load_texts, shuffled with `seed` (IMDB's train split is sorted by label) and cut into
-      pairs by demonstrations_from_texts. IMDB has no validation split, so "validation" reads "test".
+      pairs by demonstrations_from_texts.
+    Splits as loading.resolve_split reads them: IMDB's "validation" is its "test", a single file's a
+    held-out slice of it. The tiny world's files are taken in their (seeded random) order, anything
+    else in a seeded order, so that `limit` never takes the first rows of a sorted file.
     """
-    from rlhf_lab.loading import _load_local_dataset, load_texts
+    from rlhf_lab.loading import _read_data_file, load_split, load_texts, seeded_order
 
     if str(name) == "tiny":
         path = DATA_DIR / "demonstrations" / f"{split}.jsonl"
@@ -169,14 +175,12 @@ def load_demonstrations(name: str | Path = "tiny", split: str = "train", limit: 
             raise LabError(f"The tiny world's demonstrations are missing: {path}. They ship with the "
                            "repository; to make them again run: python -m rlhf_lab.demonstrations "
                            "--seed 0 --out data")
-        return _pairs(_load_local_dataset(path, "train"), limit)
+        return _pairs(_read_data_file(path), limit)
     path = Path(name)
     if path.exists():
-        local = _load_local_dataset(path, split)
+        local = load_split(path, split)
         if {"prompt", "completion"} <= set(local.column_names):
-            return _pairs(local, limit)
-    elif split == "validation":
-        split = "test"  # stanfordnlp/imdb has train, test and unsupervised
+            return _pairs(local.select(seeded_order(len(local), seed)), limit)
     texts = load_texts(name, split=split)["text"]
     order = list(range(len(texts)))
     random.Random(seed).shuffle(order)

@@ -5,7 +5,10 @@ A name is one of:
 - a local directory written by `save_pretrained` (or a data file / `save_to_disk` folder);
 - a Hugging Face hub id such as "gpt2", "distilgpt2" or "stanfordnlp/imdb", for online users.
 Hub ids go through the ordinary `from_pretrained` / `datasets.load_dataset`, so the path online users
-run is the path the tests run on local directories.
+run is the path the tests run on local directories. Offline (HF_HUB_OFFLINE=1), a hub dataset is read
+from the hub cache's copy of its files. Every dataset's splits are resolved one way (resolve_split:
+validation -> test, or a seeded held-out slice of train), and every subset of hub or local data is a
+seeded sample (seeded_order), never the first rows of a file that may be sorted.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import socket
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -185,9 +190,28 @@ def _data_suffix(path: Path) -> str:
     return suffixes[-2] if len(suffixes) > 1 and suffixes[-1] == ".gz" else path.suffix.lower()
 
 
-def _load_local_dataset(path: Path, split: str) -> datasets.Dataset:
-    """A data file (.jsonl, .json, .csv, .txt, .parquet, each maybe .gz) or a folder of them, or a
-    save_to_disk folder. A bad line in a JSON file is named (file and line), not left to pyarrow."""
+def _read_data_file(path: Path) -> datasets.Dataset:
+    """One data file (.jsonl, .json, .csv, .txt, .parquet, each maybe .gz) as a Dataset. A bad line in a
+    JSON file is named (file and line), not left to pyarrow."""
+    import datasets
+
+    suffix = _data_suffix(path)
+    builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".txt": "text", ".parquet": "parquet"}.get(suffix)
+    if builder is None:
+        raise LabError(f"{path}: unknown data file type {suffix!r}; use .jsonl, .json, .csv, .txt or .parquet "
+                       "(each may be .gz-compressed).")
+    try:
+        with quiet_progress(), quiet_datasets_log():
+            return datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as err:
+        if builder == "json":
+            _explain_bad_json(path)  # names the file and the line, if a line is to blame
+        raise _explain_load_error(str(path), "dataset", err) from None
+
+
+def _load_local_splits(path: Path) -> dict[str, datasets.Dataset]:
+    """{split: Dataset} of a data file (its one split is "train"), a save_to_disk folder, or a folder of
+    data files laid out as on the hub (splits from the file names, or from the README's `configs`)."""
     import datasets
 
     from .preferences import DATA_SUFFIXES
@@ -195,20 +219,9 @@ def _load_local_dataset(path: Path, split: str) -> datasets.Dataset:
     if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
         with quiet_progress():
             loaded = datasets.load_from_disk(str(path))
-        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
     if path.is_file():
-        suffix = _data_suffix(path)
-        builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".txt": "text", ".parquet": "parquet"}.get(suffix)
-        if builder is None:
-            raise LabError(f"{path}: unknown data file type {suffix!r}; use .jsonl, .json, .csv, .txt or .parquet "
-                           "(each may be .gz-compressed).")
-        try:
-            with quiet_progress(), quiet_datasets_log():
-                return datasets.load_dataset(builder, data_files=str(path), split="train")
-        except Exception as err:
-            if builder == "json":
-                _explain_bad_json(path)  # names the file and the line, if a line is to blame
-            raise _explain_load_error(str(path), "dataset", err) from None
+        return {"train": _read_data_file(path)}
     data_files = [p for p in path.rglob("*") if p.is_file() and _data_suffix(p) in DATA_SUFFIXES
                   and not any(part.startswith(".") for part in p.relative_to(path).parts)]
     if not data_files:
@@ -218,7 +231,7 @@ def _load_local_dataset(path: Path, split: str) -> datasets.Dataset:
                        "data there, or pass the data file itself.")
     try:
         with quiet_progress(), quiet_datasets_log():
-            return datasets.load_dataset(str(path), split=split)  # a folder of data files, as on the hub
+            return dict(datasets.load_dataset(str(path)))  # a folder of data files, as on the hub
     except Exception as err:
         raise _explain_load_error(str(path), "dataset", err) from None
 
@@ -234,46 +247,160 @@ def _explain_bad_json(path: Path) -> None:
                            f"{type(record).__name__}; fix or delete that line.")
 
 
-def _load_hub_dataset(name: str, split: str) -> datasets.Dataset:
-    """datasets.load_dataset for a hub id, failing at once (not after a minute of retries) offline."""
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) is set: the hub is not asked, only the local cache."""
+    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+               for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _cached_hub_snapshot(name: str) -> Path | None:
+    """The dataset's files in the Hugging Face hub cache (HF_HUB_CACHE/datasets--org--name/snapshots/<commit>,
+    as `hf download --repo-type dataset` or an earlier online load left them), or None if not cached.
+
+    Offline, datasets.load_dataset("org/name") only finds datasets it has prepared itself (HF_DATASETS_CACHE);
+    the hub's own copy of the files is read here, as the folder of data files it is."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, repo_type="dataset", local_files_only=True))
+    except Exception:
+        return None
+
+
+def _load_hub_splits(name: str) -> dict[str, datasets.Dataset]:
+    """{split: Dataset} of a hub id: from the hub cache when offline (or the hub does not answer), else with
+    datasets.load_dataset; failing at once, not after a minute of retries, when neither can work."""
     import datasets
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    if not offline and not hub_reachable():
-        raise LabError(f"Could not load the dataset {name!r}: it is not a local file or folder and the "
-                       "Hugging Face hub cannot be reached. Use the tiny world (name='tiny') or a local "
+    offline = hub_offline() or not hub_reachable()
+    snapshot = _cached_hub_snapshot(name) if offline else None
+    if snapshot is not None:
+        return _load_local_splits(snapshot)
+    if offline and not hub_offline():
+        raise LabError(f"Could not load the dataset {name!r}: it is not a local file or folder, not in the Hugging "
+                       "Face hub cache, and the hub cannot be reached. Use the tiny world (name='tiny') or a local "
                        "file; if the dataset is in your Hugging Face cache, set HF_HUB_OFFLINE=1.")
-    return datasets.load_dataset(name, split=split)
+    try:
+        with quiet_datasets_log():
+            return dict(datasets.load_dataset(name))  # online; or offline, a dataset that datasets prepared before
+    except Exception as err:
+        if not offline:
+            raise
+        from huggingface_hub import constants
+        raise LabError(f"Could not load the dataset {name!r} offline (HF_HUB_OFFLINE is set): it is neither in the "
+                       f"Hugging Face hub cache ({constants.HF_HUB_CACHE}) nor prepared in datasets' cache "
+                       f"({type(err).__name__}). Download it once online (hf download --repo-type dataset {name}), "
+                       "or use the tiny world (name='tiny') or a local file.") from None
+
+
+def _load_splits(name: str | Path) -> dict[str, datasets.Dataset]:
+    """{split: Dataset} of a local file or folder, or of a hub id; one LabError if it cannot be loaded."""
+    path = Path(name)
+    try:
+        return _load_local_splits(path) if path.exists() else _load_hub_splits(str(name))
+    except LabError:
+        raise
+    except Exception as err:
+        raise _explain_load_error(str(name), "dataset", err) from None
+
+
+# -----------------------------------------------------------------------------
+# splits: one resolver for local data and hub datasets alike
+
+HELD_OUT_FRACTION = 0.1  # a dataset with a train split only: this share of it is held out as "validation"
+HELD_OUT_MAX = 1_000  # ... at most: every stage evaluates on a few hundred rows (SFT 200, PPO 256 prompts)
+MIN_ROWS_TO_HOLD_OUT = 10  # fewer rows spare none: "validation" is then the training rows, with a warning
+SPLIT_SEED = 0  # the held-out rows belong to the data, not to a run: runs with other seeds are measured on them too
+HELD_OUT_NAMES = ("validation", "test")  # the held-out splits, in the order a request for either is answered
+
+
+def resolve_split(available, split: str) -> tuple[str, str]:
+    """(the split to read, which of its rows: "all", "held_out" or "rest") for a request of `split`.
+
+    IMDB has train, test and unsupervised; the tiny world train and validation; a single data file only
+    train. So: a split that exists is read as it is; "validation" is "test" where there is no
+    validation (and the other way round); where neither exists, a seeded held-out slice of train
+    (held_out_rows) stands in, and "train" is then the rest of it, so that nothing is evaluated on the
+    rows it trained on.
+    """
+    available = list(available)
+    held_out = [s for s in HELD_OUT_NAMES if s in available]
+    if split in available:
+        return split, ("rest" if split == "train" and not held_out else "all")
+    if split in HELD_OUT_NAMES:
+        if held_out:
+            return held_out[0], "all"
+        if "train" in available:
+            return "train", "held_out"
+    raise LabError(f"no split {split!r} in this dataset (it has {', '.join(available) or 'none'}), and none to read "
+                   f"instead: the lab reads train, and validation or test (or holds out part of train).")
+
+
+def held_out_rows(n: int, seed: int = SPLIT_SEED) -> list[int]:
+    """The rows of an n-row train split held out as its validation split: a seeded sample of
+    HELD_OUT_FRACTION (at least 1, at most HELD_OUT_MAX); none below MIN_ROWS_TO_HOLD_OUT rows."""
+    if n < MIN_ROWS_TO_HOLD_OUT:
+        return []
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return sorted(order[:min(HELD_OUT_MAX, max(1, round(HELD_OUT_FRACTION * n)))])
+
+
+def load_split(name: str | Path, split: str = "train") -> datasets.Dataset:
+    """The rows of `split` of a local data file or folder, or a hub dataset, every column, resolved by
+    resolve_split (IMDB's "validation" is its "test"; a file's is a held-out slice of it)."""
+    splits = _load_splits(name)
+    source, rows = resolve_split(splits, split)
+    ds = splits[source]
+    if rows == "all":
+        return ds
+    held_out = held_out_rows(len(ds))
+    if not held_out:
+        if rows == "held_out":
+            warnings.warn(f"{name} has only {len(ds)} rows and no validation or test split: too few to hold any "
+                          f"out (the lab holds out {HELD_OUT_FRACTION:.0%} of {MIN_ROWS_TO_HOLD_OUT} rows or more), "
+                          "so its held-out numbers are measured on the training rows.", stacklevel=3)
+        return ds
+    if rows == "held_out":
+        return ds.select(held_out)
+    held = set(held_out)
+    return ds.select([i for i in range(len(ds)) if i not in held])
+
+
+def seeded_order(n: int, seed: int) -> list[int]:
+    """A seeded permutation of range(n): which rows a subset takes, and in what order. Hub datasets are
+    often sorted (IMDB by label), so the first rows are never a fair sample."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order
 
 
 def load_texts(name: str | Path = TINY, split: str = "train", column: str = "text",
-               limit: int | None = None) -> datasets.Dataset:
+               limit: int | None = None, seed: int = 0) -> datasets.Dataset:
     """A dataset of texts with one column "text".
 
-    "tiny": data/reviews/{split}.jsonl; a hub id such as "stanfordnlp/imdb" through
-    datasets.load_dataset; a local file or folder. `column` names the text column if it is not "text".
+    "tiny": data/reviews/{split}.jsonl, in the file's order (the generator wrote it in a seeded random
+    order) and its first `limit` rows. A hub id such as "stanfordnlp/imdb", or a local file or folder:
+    the split as resolve_split reads it, in the file's order; with `limit`, a seeded sample of that many
+    rows (seeded_order), never the first rows. `column` names the text column if it is not "text".
     """
     if str(name) == TINY:
         path = DATA_DIR / "reviews" / f"{split}.jsonl"
         if not path.is_file():
             raise LabError(f"The tiny world's reviews are missing: {path}. They ship with the repository; "
                            "to make them again run: python -m rlhf_lab.corpus --seed 0 --out data")
-        ds = _load_local_dataset(path, split)
+        ds = _read_data_file(path)
+        if limit is not None:
+            ds = ds.select(range(min(limit, len(ds))))
     else:
-        path = Path(name)
-        try:
-            ds = _load_local_dataset(path, split) if path.exists() else _load_hub_dataset(str(name), split)
-        except LabError:
-            raise
-        except Exception as err:
-            raise _explain_load_error(str(name), "dataset", err) from None
+        ds = load_split(name, split)
+        if limit is not None:
+            ds = ds.select(seeded_order(len(ds), seed)[:limit])
     if column not in ds.column_names:
         raise LabError(f"{name}: no column {column!r} (it has {ds.column_names}); pass column=... to choose one.")
     ds = ds.select_columns([column])
     if column != "text":
         ds = ds.rename_column(column, "text")
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
     return ds
 
 
@@ -281,25 +408,25 @@ def load_prompts(name: str | Path = TINY, split: str = "train", limit: int | Non
                  seed: int = 0, min_words: int = 2, max_words: int = 5) -> datasets.Dataset:
     """A dataset with one column "prompt": openings of reviews for the policy to continue.
 
-    "tiny": data/prompts/{split}.jsonl. Anything else is loaded with load_texts and each text is cut to
-    its first few words, as TRL's sentiment notebook cut IMDB reviews into prompts.
+    "tiny": data/prompts/{split}.jsonl, in the file's (seeded random) order. Anything else is loaded with
+    load_texts, put in a seeded order (IMDB's splits are sorted by label: the first rows would all be
+    negative reviews), and each text is cut to its first few words, as TRL's sentiment notebook cut
+    IMDB reviews into prompts.
     """
     if str(name) == TINY:
         path = DATA_DIR / "prompts" / f"{split}.jsonl"
         if not path.is_file():
             raise LabError(f"The tiny world's prompts are missing: {path}. To make them again run: "
                            "python -m rlhf_lab.corpus --seed 0 --out data")
-        ds = _load_local_dataset(path, split).select_columns(["prompt"])
-    else:
-        import datasets
+        ds = _read_data_file(path).select_columns(["prompt"])
+        return ds.select(range(min(limit, len(ds)))) if limit is not None else ds
+    import datasets
 
-        from .corpus import review_prompts
-        texts = load_texts(name, split=split, limit=limit)["text"]
-        ds = datasets.Dataset.from_dict({"prompt": review_prompts(texts, seed=seed, min_words=min_words,
-                                                                  max_words=max_words)})
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
-    return ds
+    from .corpus import review_prompts
+    texts = load_texts(name, split=split)
+    texts = texts.select(seeded_order(len(texts), seed)[:limit])["text"]  # limit None: every row, shuffled
+    return datasets.Dataset.from_dict({"prompt": review_prompts(texts, seed=seed, min_words=min_words,
+                                                                max_words=max_words)})
 
 
 def describe_world(name: str | Path = TINY) -> dict:

@@ -204,14 +204,27 @@ def ensure_rankings(root: str | Path | None = None, fast: bool = True, K: int = 
 # stage 2: the reward model
 
 
-def normalisation_samples(model, tokenizer, n: int, seed: int = 0) -> list[dict]:
-    """n samples of the SFT model on held-out prompts, for the reward normalisation."""
+def normalisation_samples(model, tokenizer, n: int, seed: int = 0, prompts: str | None = "tiny") -> list[dict]:
+    """n samples of the SFT model on held-out prompts of `prompts` (the run's data: "tiny", a hub dataset
+    or a local file; None: "tiny"), for the reward normalisation: PPO's scores have mean 0 and std 1 on
+    the prompts PPO samples, not on another world's."""
     from .generation import sample
     from .loading import load_prompts
 
-    prompts = load_prompts("tiny", split="validation")["prompt"]
+    prompts = load_prompts(prompts or "tiny", split="validation", limit=n)["prompt"]
     prompts = [prompts[i % len(prompts)] for i in range(n)]
     return sample(model, tokenizer, prompts, seed=seed)
+
+
+def sft_trunk_and_samples(sft_path: str | Path, base: str, n: int, seed: int = 0, prompts: str | None = "tiny",
+                          device="auto"):
+    """(trunk, tokenizer, samples): the SFT model merged into one plain model, the reward-model stage's
+    only copy of the backbone (train_reward_model(copy_trunk=False) puts the reward adapter on it, as
+    stage 3 shares one trunk), and its normalisation_samples, drawn first, while it is still the SFT model."""
+    from .trunk import build_trunk
+
+    trunk, tokenizer = build_trunk(sft_path, base=base, device=device)
+    return trunk, tokenizer, normalisation_samples(trunk, tokenizer, n, seed, prompts)
 
 
 def reward_model_pairs(pairs, cfg, max_pairs: int = MAX_PAIRS):
@@ -228,7 +241,6 @@ def ensure_reward_model(root: str | Path | None = None, fast: bool = True, seed:
     merged SFT model, normalised on its samples) if it is missing."""
     from .preferences import load_preferences
     from .reward_model import META_FILE, reward_config, save_reward_model, train_reward_model
-    from .sft import merge_adapter
 
     path = reward_model_path(root)
     if (path / META_FILE).is_file():
@@ -236,13 +248,13 @@ def ensure_reward_model(root: str | Path | None = None, fast: bool = True, seed:
     start = time.time()
     sft_path = ensure_sft(root, fast)
     pairs = load_preferences(ensure_rankings(root, fast, seed=seed))
-    policy, tokenizer = load_sft_model(root, fast)
     base = json.loads((sft_path / "sft_config.json").read_text())["model"]
     cfg = reward_config(fast=fast, trunk=base, sft_adapter=str(sft_path), seed=seed)
     train, held_out = reward_model_pairs(pairs, cfg)
-    result = train_reward_model(cfg, train, trunk=merge_adapter(policy), tokenizer=tokenizer,
-                                eval_pairs=held_out, progress=False)
-    norm = result.reward_model.normalise_on(normalisation_samples(policy, tokenizer, N_NORMALISE[bool(fast)], seed))
+    trunk, tokenizer, samples = sft_trunk_and_samples(sft_path, base, N_NORMALISE[bool(fast)], seed)
+    result = train_reward_model(cfg, train, trunk=trunk, tokenizer=tokenizer, eval_pairs=held_out, progress=False,
+                                copy_trunk=False)
+    norm = result.reward_model.normalise_on(samples)
     save_reward_model(result.reward_model, path, cfg, result.metrics | {"normalisation": norm})
     print(f"no reward model found in {short_path(path.parent)}; trained a quick one on {len(result.train_pairs)} pairs "
           f"({time.time() - start:.0f} s, held-out accuracy vs gold {result.metrics['gold_accuracy']:.0%}). "

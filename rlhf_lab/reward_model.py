@@ -467,12 +467,15 @@ def _batches_of_rankings(pairs, batch_size: int, generator: torch.Generator) -> 
 
 
 def train_reward_model(cfg: RewardConfig, pairs: datasets.Dataset, trunk=None, tokenizer=None,
-                       eval_pairs: datasets.Dataset | None = None, progress: bool = True) -> RewardResult:
+                       eval_pairs: datasets.Dataset | None = None, progress: bool = True,
+                       copy_trunk: bool = True) -> RewardResult:
     """Train the "reward" adapter and the head on (prompt, chosen, rejected) pairs.
 
     trunk/tokenizer: a loaded model to build on (copied, never changed); None builds the trunk from
-    cfg.trunk and cfg.sft_adapter. eval_pairs: held-out pairs; None holds out cfg.eval_fraction of
-    the prompts of `pairs`.
+    cfg.trunk and cfg.sft_adapter. copy_trunk=False: wrap `trunk` itself (in place, as peft does) instead
+    of a copy, so that the stage holds one copy of the backbone, as stage 3 does (the pipeline's rm stage);
+    the caller must not use it as a plain model afterwards. eval_pairs: held-out pairs; None holds out
+    cfg.eval_fraction of the prompts of `pairs`.
     """
     start_time = time.time()
     check_config(cfg)  # again: a field may have been set after the config was made
@@ -485,7 +488,7 @@ def train_reward_model(cfg: RewardConfig, pairs: datasets.Dataset, trunk=None, t
     if trunk is None:
         trunk, tokenizer = build_trunk(cfg.trunk, cfg.sft_adapter, device=device)
     else:
-        trunk = copy.deepcopy(trunk).to(device)
+        trunk = copy.deepcopy(trunk).to(device) if copy_trunk else trunk.to(device)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.trunk)
     from .sft import check_max_length, stop_if_diverged
 
@@ -586,7 +589,8 @@ def save_reward_model(reward_model: RewardModel, path: str | Path, config: Rewar
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        reward_model.peft_model.save_pretrained(tmp, selected_adapters=[reward_model.adapter_name])
+        reward_model.peft_model.save_pretrained(tmp, selected_adapters=[reward_model.adapter_name],
+                                                save_embedding_layers=False)  # as sft.save_sft says
         # peft saves an adapter not named "default" in a subfolder of its name; we want it at the top
         saved = Path(tmp) / reward_model.adapter_name
         saved = saved if saved.is_dir() else Path(tmp)

@@ -40,6 +40,12 @@ from .utils import (ConfigError, LabError, TrainingDiverged, autocast, config_to
                     reading_saved, run_dir, save_config, set_seed)
 
 IGNORE_INDEX = -100  # label of tokens the loss skips (prompt, padding): PyTorch's and HF's convention
+N_TRAIN_MAX = 2_000  # demonstrations SFT trains on when n_train is None: all of the tiny world's; of IMDB's 25,000
+# reviews a seeded 2,000, as many as the later stages need (InstructGPT's SFT set was ~13k prompts for 175B)
+N_EVAL_MAX = 200  # held-out demonstrations when n_eval is None: all of the tiny world's; the eval loss is
+# measured ~10 times a run, and IMDB's whole test split (25,000) made it ~94% of a hub run's FLOPs (issue 13)
+LOGITS_PER_PASS = 2**25  # (B, T, V) logit entries one evaluation pass may hold, 128 MiB in fp32: the tiny world's
+# 2,858-token vocabulary passes a whole batch of 64 at once, GPT-2's 50,257 at 96 tokens 6 rows (64 took ~3 GB)
 CONFIG_FILE = "sft_config.json"
 RESULT_FILE = "sft_result.json"
 
@@ -50,8 +56,10 @@ class SFTConfig:
 
     model: str = "tiny"  # the pretrained model: "tiny" (offline), "gpt2", or a local folder
     data: str = "tiny"  # demonstrations: "tiny" (data/demonstrations), "stanfordnlp/imdb", a file
-    n_train: Count | None = None  # use the first N training demonstrations (None: all 2,000)
-    n_eval: Count | None = None  # held-out demonstrations for the eval loss (None: all 200)
+    n_train: Count | None = None  # use N training demonstrations (None: N_TRAIN_MAX = 2,000, all of the tiny
+    # world's; hub and local data are taken in a seeded order, so N is a fair sample of a sorted file)
+    n_eval: Count | None = None  # held-out demonstrations for the eval loss (None: N_EVAL_MAX = 200, all of the
+    # tiny world's)
     r: Count = 8  # LoRA rank: a common default; Hu et al. 2021 found ranks as small as 1-8 enough on GPT-3
     lora_alpha: Positive = 16.0  # the update is scaled by alpha / r = 2; the 1/r spares retuning lr when r
     # changes (Hu et al. 2021, section 4.1)
@@ -63,7 +71,7 @@ class SFTConfig:
     epochs: Count = 2  # two passes over 2,000 demonstrations: the eval loss has flattened by then
     batch_size: Count = 16  # demonstrations per step; 125 steps per epoch on the tiny world
     max_length: Annotated[int, Range(2)] = 96  # prompt + completion + EOS tokens: the tiny world's take at
-    # most ~35, IMDB cuts of 60 words about 90 GPT-2 tokens; at most the model's positions (n_positions)
+    # most ~35, IMDB cuts of 30 words about 45 GPT-2 tokens; at most the model's positions (n_positions)
     completion_only: bool = True  # loss on completion tokens only (the prompt is given, not written)
     seed: Seed = 0  # LoRA init and batch order: same seed, same adapter
     eval_every: Count = 25  # steps between eval-loss measurements (the plotted curve)
@@ -280,18 +288,30 @@ def _dropout_off_in_trunk(model) -> None:
 
 
 @torch.no_grad()
-def evaluate_loss(model, tokenizer, dataset, cfg: SFTConfig, batch_size: int | None = None) -> dict:
-    """Mean loss per completion token (nats) on held-out demonstrations, and its perplexity exp(loss)."""
-    examples = tokenize_demonstrations(dataset, tokenizer, cfg)
+def evaluate_loss(model, tokenizer, dataset, cfg: SFTConfig, batch_size: int | None = None,
+                  examples: list[dict] | None = None) -> dict:
+    """Mean loss per completion token (nats) on held-out demonstrations, and its perplexity exp(loss).
+
+    examples: the demonstrations already tokenized (tokenize_demonstrations), so that a training loop
+    that measures the loss every few steps tokenizes them once; `dataset` is then not read. Each batch
+    runs in passes of at most LOGITS_PER_PASS logit entries (a few rows with GPT-2's 50,257 tokens).
+    """
+    examples = examples if examples is not None else tokenize_demonstrations(dataset, tokenizer, cfg)
     batch_size = batch_size or 4 * cfg.batch_size  # no gradients: larger batches fit
+    V = getattr(model.config, "vocab_size", None) or len(tokenizer)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start:start + batch_size], tokenizer)
-        logits = forward_logits(model, batch)                               # (B, T, V)
-        total += completion_loss(logits, batch["labels"].to(logits.device), reduction="sum").item()
-        count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        chunk = examples[start:start + batch_size]
+        T = max(len(e["input_ids"]) for e in chunk)
+        rows = max(1, LOGITS_PER_PASS // (T * V))
+        for first in range(0, len(chunk), rows):
+            batch = collate(chunk[first:first + rows], tokenizer)
+            logits = forward_logits(model, batch)                           # (B, T, V)
+            total += completion_loss(logits, batch["labels"].to(logits.device), reduction="sum").item()
+            count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            del logits
     model.train(was_training)
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": count}
@@ -309,6 +329,8 @@ class SFTResult:
     eval_loss_after: float = float("nan")
     seconds: float = 0.0
     out_dir: Path | None = None
+    completion_tokens: dict = field(default_factory=dict)  # the training completions' length with EOS (tokens):
+    # mean, p95, max; to size generation (max_new_tokens) against: a model taught longer texts cannot stop in time
 
     @property
     def relative_drop(self) -> float:
@@ -320,7 +342,8 @@ class SFTResult:
                 "perplexity_before": math.exp(self.eval_loss_before),
                 "perplexity_after": math.exp(self.eval_loss_after),
                 "relative_drop": self.relative_drop, "seconds": self.seconds,
-                "steps": self.history[-1]["step"] if self.history else 0}
+                "steps": self.history[-1]["step"] if self.history else 0,
+                "completion_tokens": self.completion_tokens}
 
 
 def train_sft(cfg: SFTConfig, model=None, tokenizer=None, train=None, eval=None,
@@ -343,8 +366,10 @@ def train_sft(cfg: SFTConfig, model=None, tokenizer=None, train=None, eval=None,
         model = copy.deepcopy(model).to(device)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
     check_max_length(model, cfg)
-    train = train if train is not None else load_demonstrations(cfg.data, "train", limit=cfg.n_train)
-    eval = eval if eval is not None else load_demonstrations(cfg.data, "validation", limit=cfg.n_eval)
+    n_train = cfg.n_train if cfg.n_train is not None else N_TRAIN_MAX
+    n_eval = cfg.n_eval if cfg.n_eval is not None else N_EVAL_MAX
+    train = train if train is not None else load_demonstrations(cfg.data, "train", limit=n_train)
+    eval = eval if eval is not None else load_demonstrations(cfg.data, "validation", limit=n_eval)
     import datasets
 
     if isinstance(train, datasets.Dataset) and cfg.n_train is not None:
@@ -355,8 +380,10 @@ def train_sft(cfg: SFTConfig, model=None, tokenizer=None, train=None, eval=None,
     if not examples:
         raise LabError("train_sft got no training demonstrations; check cfg.data and cfg.n_train.")
 
+    eval_examples = tokenize_demonstrations(eval, tokenizer, cfg)  # once, for every measurement
+
     policy = add_lora(model, cfg)
-    before = evaluate_loss(policy, tokenizer, eval, cfg)["loss"]  # B = 0: this is the pretrained model
+    before = evaluate_loss(policy, tokenizer, None, cfg, examples=eval_examples)["loss"]  # B = 0: the pretrained model
     history = [{"step": 0, "train_loss": None, "eval_loss": before}]
 
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
@@ -392,7 +419,7 @@ def train_sft(cfg: SFTConfig, model=None, tokenizer=None, train=None, eval=None,
             window.append(loss.item())
             bar.update(1)
             if step % cfg.eval_every == 0 or step == total_steps:
-                eval_loss = evaluate_loss(policy, tokenizer, eval, cfg)["loss"]
+                eval_loss = evaluate_loss(policy, tokenizer, None, cfg, examples=eval_examples)["loss"]
                 history.append({"step": step, "train_loss": sum(window) / len(window), "eval_loss": eval_loss})
                 bar.set_postfix(train_loss=f"{history[-1]['train_loss']:.3f}", eval_loss=f"{eval_loss:.3f}")
                 window = []
@@ -400,10 +427,20 @@ def train_sft(cfg: SFTConfig, model=None, tokenizer=None, train=None, eval=None,
     policy.eval()
     result = SFTResult(model=policy, tokenizer=tokenizer, config=cfg, history=history,
                        eval_loss_before=before, eval_loss_after=history[-1]["eval_loss"],
-                       seconds=time.time() - start_time)
+                       seconds=time.time() - start_time, completion_tokens=completion_lengths(examples))
     if out_dir is not None:
         result.out_dir = save_sft(result, out_dir)
     return result
+
+
+def completion_lengths(examples: list[dict]) -> dict:
+    """Mean, 95th percentile and longest completion (EOS included; tokens the loss counts) of build_example
+    dicts: what the model learns to write before it stops, to set against max_new_tokens."""
+    lengths = sorted(sum(label != IGNORE_INDEX for label in e["labels"]) for e in examples)
+    if not lengths:
+        return {}
+    return {"mean": sum(lengths) / len(lengths), "p95": lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))],
+            "max": lengths[-1]}
 
 
 # -----------------------------------------------------------------------------
@@ -487,7 +524,9 @@ def save_sft(result: SFTResult, out_dir: str | Path) -> Path:
     the resolved config (sft_config.json) and the history with the losses (sft_result.json)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result.model.save_pretrained(out_dir)
+    # the lab never resizes or adapts the embeddings; "auto" would ask the hub for a hub-named base's config
+    # on every save (offline: "Could not find a config file in gpt2")
+    result.model.save_pretrained(out_dir, save_embedding_layers=False)
     result.tokenizer.save_pretrained(out_dir)
     save_config(result.config, out_dir / CONFIG_FILE)
     (out_dir / RESULT_FILE).write_text(json.dumps(result.summary() | {"history": result.history}, indent=2) + "\n")

@@ -214,7 +214,7 @@ def save_adapter(model: PeftModel, adapter: str, path: str | Path) -> Path:
     subfolder of its name; this folder loads with PeftModel.from_pretrained(trunk, path) as it is."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = get_peft_model_state_dict(model, adapter_name=adapter)
+    state = get_peft_model_state_dict(model, adapter_name=adapter, save_embedding_layers=False)  # sft.save_sft says why
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path / "adapter_model.safetensors"),
               metadata={"format": "pt"})
     config = model.peft_config[adapter]

@@ -15,7 +15,8 @@ import pytest
 SUMMARY_KEYS = ["sft.eval_loss_before", "sft.eval_loss_after", "reward_model.heldout_accuracy",
                 "ppo.gold_score_sft", "ppo.gold_score_ppo", "ppo.kl", "ppo.episodes_per_second",
                 "stage_seconds.sft", "stage_seconds.rankings", "stage_seconds.reward_model",
-                "stage_seconds.ppo", "seconds"]
+                "stage_seconds.ppo", "seconds", "lengths.sft.eos_share", "lengths.sft.mean_length",
+                "lengths.ppo.eos_share", "lengths.ppo.mean_length", "lengths.demonstrations.p95"]
 
 
 def rlhf_lab(*args, **kwargs):
@@ -52,6 +53,8 @@ def test_run_fast_writes_every_result(fast_run):
     models = {json.loads(line)["model"] for line in (out / "samples.jsonl").read_text().splitlines()}
     assert models == {"base", "sft", "ppo"}
     assert "| 3. PPO |" in (out / "report.md").read_text()
+    assert "ended with EOS" in (out / "report.md").read_text()  # the EOS share and length of SFT and PPO
+    assert summary["lengths"]["demonstrations"]["p95"] <= summary["lengths"]["max_new_tokens"]
     # a second run into the same folder without --resume is refused, in one line
     again = rlhf_lab("run", "--fast", "--out", str(out))
     assert again.returncode == 2 and "--resume" in again.stderr and "Traceback" not in again.stderr

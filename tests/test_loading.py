@@ -153,3 +153,53 @@ def test_local_loads_show_no_library_progress_bars_and_restore_the_setting(tiny,
         assert not datasets.is_progress_bar_enabled()  # off before: still off
     finally:
         datasets.enable_progress_bars()
+
+
+# -----------------------------------------------------------------------------
+# splits and order: one resolver for every layout; subsets of sorted data in a seeded order (issue 13)
+
+
+def test_split_resolver_for_every_layout():
+    from rlhf_lab.loading import resolve_split
+
+    assert resolve_split(["train", "test", "unsupervised"], "validation") == ("test", "all")  # IMDB
+    assert resolve_split(["train", "test", "unsupervised"], "train") == ("train", "all")
+    assert resolve_split(["train", "validation"], "validation") == ("validation", "all")  # the tiny world's layout
+    assert resolve_split(["train", "validation"], "test") == ("validation", "all")
+    assert resolve_split(["train"], "validation") == ("train", "held_out")  # a single data file
+    assert resolve_split(["train"], "train") == ("train", "rest")
+    with pytest.raises(LabError, match="no split 'train'.*unsupervised"):
+        resolve_split(["unsupervised"], "train")
+
+
+def test_a_file_without_splits_holds_out_a_seeded_slice(tmp_path):
+    path = tmp_path / "reviews.jsonl"
+    texts = [f"Review number {i} of a film." for i in range(40)]
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    train, held_out = list(load_texts(path, "train")["text"]), list(load_texts(path, "validation")["text"])
+    assert len(held_out) == 4 and not set(train) & set(held_out) and sorted(train + held_out) == sorted(texts)
+    assert list(load_texts(path, "validation")["text"]) == held_out  # the same rows every time, whatever the run's seed
+    assert set(load_prompts(path, "validation", min_words=3, max_words=3)["prompt"]) == {
+        " ".join(t.split()[:3]) for t in held_out}
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[:5]))
+    with pytest.warns(UserWarning, match="too few to hold any out"):
+        assert len(load_texts(small, "validation")) == 5
+
+
+def test_subsets_of_sorted_data_are_seeded_samples_and_the_tiny_world_keeps_its_order(tmp_path):
+    from hub_world import write_imdb
+
+    from rlhf_lab.utils import DATA_DIR
+
+    texts, labels = write_imdb(tmp_path)["train"]  # IMDB's layout, sorted by label as IMDB is
+    assert labels == sorted(labels)
+    label_of = dict(zip(texts, labels))
+    assert {label_of[t] for t in load_texts(tmp_path, "train", limit=8)["text"]} == {0, 1}
+    openings = load_prompts(tmp_path, "train", limit=8)["prompt"]
+    assert len(openings) == 8 and len({label_of[t] for p in openings for t in texts if t.startswith(p)}) == 2
+    assert list(load_prompts(tmp_path, "train", limit=8)["prompt"]) == list(openings)  # seeded
+    assert len(load_prompts(tmp_path, "validation")) == 24  # IMDB's "validation" is its test split
+    # the tiny world's files were written in a seeded random order: read as they are, numbers unchanged
+    lines = (DATA_DIR / "prompts" / "validation.jsonl").read_text().splitlines()[:5]
+    assert list(load_prompts("tiny", "validation", limit=5)["prompt"]) == [json.loads(line)["prompt"] for line in lines]

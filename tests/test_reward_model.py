@@ -334,3 +334,57 @@ def test_bf16_autocast_scores_close_to_fp32_and_head_stays_fp32(trained):
     assert not torch.equal(bf16, fp32)  # autocast did run
     assert (bf16 - fp32).abs().max().item() < 0.05 * fp32.abs().max().item() + 0.05
     assert rm.head.weight.dtype == torch.float32
+
+
+# -----------------------------------------------------------------------------
+# the reward-model stage: one copy of the backbone; normalised on the run's own prompts (issue 13)
+
+
+def test_train_reward_model_can_wrap_the_trunk_itself(tiny):
+    """copy_trunk=False puts the reward adapter on the given model (no copy of the backbone), as stage 3 shares one
+    trunk; by default the trunk is copied and left as it was."""
+    model, tokenizer = tiny
+    trunk = copy.deepcopy(model)
+    result = train_reward_model(toy_cfg(epochs=1), toy_pairs(), trunk=trunk, tokenizer=tokenizer, progress=False,
+                                copy_trunk=False)
+    assert result.reward_model.peft_model.base_model.model is trunk
+    assert any("lora_" in n for n, _ in trunk.named_parameters())
+
+
+def test_the_rm_stage_holds_one_copy_of_the_trunk(tiny_run, tmp_path, capsys, monkeypatch):
+    """`rlhf-lab rm`: the merged SFT model is the only GPT-2 alive while the reward model trains (before: the SFT
+    model, its merged copy, and train_reward_model's copy of that: three)."""
+    import gc
+
+    from faults import RM, cli, copy_run
+    from transformers import GPT2LMHeadModel
+
+    import rlhf_lab.reward_model as rm_lib
+
+    def alive():
+        gc.collect()
+        return sum(type(o) is GPT2LMHeadModel for o in gc.get_objects())
+
+    run = copy_run(tiny_run, tmp_path)
+    import shutil
+    shutil.rmtree(run / "03_reward_model")
+    counts, add = [], rm_lib.add_reward_adapter
+    monkeypatch.setattr(rm_lib, "add_reward_adapter", lambda *a, **k: counts.append(alive()) or add(*a, **k))
+    before = alive()
+    code, _, err = cli(capsys, "rm", "--fast", *RM, "--out", run)
+    assert code == 0, err
+    assert counts == [before + 1]
+    norm = rm_lib.reward_model_info(run / "03_reward_model" / "reward_model")["metrics"]["normalisation"]
+    assert norm["prompts"] == "tiny" and norm["n"] == 64
+
+
+def test_normalisation_samples_the_runs_own_held_out_prompts(tiny, tmp_path):
+    from rlhf_lab import pipeline
+    from rlhf_lab.loading import load_prompts
+
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("".join(f'{{"text": "Zebra review {i} says the film was fine."}}\n' for i in range(30)))
+    samples = pipeline.normalisation_samples(*tiny, 5, seed=0, prompts=str(data))
+    held_out = set(load_prompts(data, "validation")["prompt"])
+    assert len(samples) == 5 and {s["prompt"] for s in samples} <= held_out
+    assert all(s["prompt"].startswith("Zebra") for s in samples)

@@ -257,6 +257,35 @@ def test_evaluate_loss_reports_perplexity(tiny):
     assert out["tokens"] == completion_tokens  # every completion token and its EOS, no prompt token
 
 
+def test_evaluate_loss_in_passes_of_a_few_rows_gives_the_same_loss(tiny, monkeypatch):
+    """A logits budget of one row per pass (GPT-2's 50,257 tokens: a few rows) sums to the one-pass loss; and
+    tokenized examples, as train_sft passes them, give what the dataset gives."""
+    import rlhf_lab.sft as sft
+    from rlhf_lab.sft import tokenize_demonstrations
+
+    model, tokenizer = tiny
+    cfg = SFTConfig(device="cpu")
+    whole = evaluate_loss(model, tokenizer, DEMOS, cfg)
+    monkeypatch.setattr(sft, "LOGITS_PER_PASS", 1)
+    rows = evaluate_loss(model, tokenizer, None, cfg, examples=tokenize_demonstrations(DEMOS, tokenizer, cfg))
+    assert rows["tokens"] == whole["tokens"] and rows["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+
+
+def test_unset_sizes_are_capped_and_the_completion_lengths_reported(tiny, monkeypatch):
+    """n_train / n_eval None: at most N_TRAIN_MAX / N_EVAL_MAX demonstrations (all of the tiny world's 2,000 and
+    200; a seeded 2,000 of IMDB's 25,000 reviews); the summary gives the completions' length for max_new_tokens."""
+    import rlhf_lab.sft as sft
+
+    assert (sft.N_TRAIN_MAX, sft.N_EVAL_MAX) == (2_000, 200)
+    monkeypatch.setattr(sft, "N_TRAIN_MAX", 16)
+    monkeypatch.setattr(sft, "N_EVAL_MAX", 8)
+    result = train_sft(small_cfg(n_train=None, n_eval=None, epochs=1, batch_size=8, eval_every=2), model=tiny[0],
+                       tokenizer=tiny[1], progress=False)
+    assert result.history[-1]["step"] == 2  # 16 demonstrations, batches of 8
+    lengths = result.summary()["completion_tokens"]
+    assert 1 < lengths["mean"] <= lengths["p95"] <= lengths["max"] <= 48  # the tiny world's fit 48 new tokens
+
+
 def test_sample_helpers_count_endings_and_escape_model_text():
     rows = [{"prompt": "A <b>", "completion": " x & y", "ended": True, "num_tokens": 10, "gold": 0.5},
             {"prompt": "B", "completion": " <script>", "ended": True, "num_tokens": 40, "gold": -1.0},
