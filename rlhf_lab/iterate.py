@@ -278,9 +278,8 @@ class IteratedRLHF:
     def train_reward_model(self, r: int, one_shot: bool = False) -> Path:
         """A reward model trained from scratch on every ranking of rounds 0..r (or the one-shot file), on
         the SFT trunk, normalised on SFT samples as stage 2b's; saved whole or not at all."""
-        from .pipeline import N_NORMALISE, normalisation_samples
+        from .pipeline import N_NORMALISE, sft_trunk_and_samples
         from .reward_model import META_FILE, save_reward_model, split_by_prompt, train_reward_model
-        from .sft import load_sft, merge_adapter
 
         path = self.out_dir / "one_shot" / "reward_model" if one_shot else self.reward_model_of(r)
         if saved_folder(path, META_FILE) is not None:
@@ -289,10 +288,13 @@ class IteratedRLHF:
         cfg = dataclasses.replace(self.rm_cfg, trunk=self.base, sft_adapter=str(self.sft), seed=self.cfg.seed)
         pairs = self.pairs_until(r, one_shot)
         train, held_out = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)  # every pair: no 2,000 cap here
-        policy, tokenizer = load_sft(self.sft, device=cfg.device)
-        result = train_reward_model(cfg, train, trunk=merge_adapter(policy), tokenizer=tokenizer, eval_pairs=held_out,
-                                    progress=self.progress)
-        norm = result.reward_model.normalise_on(normalisation_samples(policy, tokenizer, N_NORMALISE[self.fast], cfg.seed))
+        # one copy of the backbone, as stage 2b: it samples for the normalisation (the run's prompts), then
+        # carries the reward adapter
+        trunk, tokenizer, samples = sft_trunk_and_samples(self.sft, self.base, N_NORMALISE[self.fast], cfg.seed,
+                                                          prompts=self.ppo_cfg.prompts, device=cfg.device)
+        result = train_reward_model(cfg, train, trunk=trunk, tokenizer=tokenizer, eval_pairs=held_out,
+                                    progress=self.progress, copy_trunk=False)
+        norm = result.reward_model.normalise_on(samples)
         metrics = result.metrics | {"normalisation": norm, "train_pairs": len(result.train_pairs),
                                     "eval_pairs": len(result.eval_pairs), "pairs": len(pairs),
                                     "seconds": time.time() - start}
