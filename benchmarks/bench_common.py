@@ -268,3 +268,50 @@ def child_matmul(threads: int, n: int = 2048, repeats: int = 6) -> dict:
         torch.mm(a, b, out=out)
         best = min(best, time.perf_counter() - start)
     return {"n": n, "threads": torch.get_num_threads(), "seconds": best, "flops_per_second": 2 * n**3 / best}
+
+
+# -----------------------------------------------------------------------------
+# our side: one trainer on the shared trunk, and its updates timed
+
+
+def our_trainer(pcfg, work: Path, prompts: list[str]):
+    """(trainer, reward): rlhf_lab's PPOTrainer (pcfg.algo: ppo, rloo or grpo) on the tiny trunk with the
+    policy adapter and the prepare step's reward adapter and head on the same trunk."""
+    from rlhf_lab import ppo as lab_ppo
+    from rlhf_lab.loading import load_model
+    from rlhf_lab.reward_model import load_reward_model
+
+    trunk, tokenizer = load_model(str(TINY), device="cpu")
+    model = lab_ppo.add_policy_adapter(trunk, pcfg)
+    reward = lab_ppo.TrunkRewardModel(load_reward_model(work / "reward_ours", trunk=model, tokenizer=tokenizer))
+    return lab_ppo.PPOTrainer(pcfg, model, tokenizer, reward, prompts), reward
+
+
+def time_our_updates(trainer, n: int, label: str, unit: str) -> list[dict]:
+    """n updates of `trainer`, each timed whole, with a clock on its generation (PPOTrainer.sample):
+    seconds, generation, update, scoring (the rest of the rollout), tokens generated, and a few metrics."""
+    generated = []
+    sample = trainer.sample
+
+    def timed_sample(*args, **kwargs):
+        start = time.perf_counter()
+        rollout, completions = sample(*args, **kwargs)
+        generated.append((time.perf_counter() - start, rollout.response.shape[1]))
+        return rollout, completions
+
+    trainer.sample = timed_sample
+    updates = []
+    for i in range(n):
+        generated.clear()
+        start = time.perf_counter()
+        metrics = trainer.step()
+        seconds = time.perf_counter() - start
+        generation = sum(s for s, _ in generated)
+        updates.append({"seconds": seconds, "generation": generation,
+                        "update": metrics.get("seconds_update", float("nan")),
+                        "scoring": metrics.get("seconds_rollout", generation) - generation,
+                        "generated_tokens": generated[-1][1] if generated else None,
+                        "response_length": metrics.get("response_length"), "eos_share": metrics.get("eos_share"),
+                        "kl": metrics.get("kl"), "ratio_max": metrics.get("ratio_max")})
+        print(f"ours {label}update {i + 1}: {seconds:.2f} s, {trainer.cfg.batch_size / seconds:.1f} {unit}/s", flush=True)
+    return updates

@@ -78,7 +78,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_common import (GIB, TINY, child_main, child_matmul, config_from_args, config_parser, machine_line,
+from bench_common import (GIB, TINY, child_main, our_trainer, time_our_updates, child_matmul, config_from_args, config_parser, machine_line,
                           model_shape, pass_flops, pick_prompts, proc_status, run_child, run_info, save_reward_models)
 
 TRL_VERSION = "1.16.0"  # pyproject.toml's bench-current extra: the newest TRL that installs with transformers 5.x
@@ -304,8 +304,8 @@ def child_ours_rl(cfg: BenchConfig, work: Path, algo: str) -> dict:
     import torch
     torch.set_num_threads(cfg.threads)
     from rlhf_lab import ppo as lab_ppo
-    from rlhf_lab.loading import load_model
-    from rlhf_lab.reward_model import load_reward_model
+    from rlhf_lab.loading import load_model  # noqa: F401 (imported here: "after_imports" counts them)
+    from rlhf_lab.reward_model import load_reward_model  # noqa: F401
     rss["after_imports"] = proc_status("VmRSS")
 
     build_start = time.perf_counter()
@@ -317,36 +317,11 @@ def child_ours_rl(cfg: BenchConfig, work: Path, algo: str) -> dict:
         no_eos_score=None,  # scores as the reward model gives them, as TRL's (no fixed score without EOS)
         kl_coef=cfg.kl_coef, adaptive_kl=False, kl_loss_coef=cfg.kl_coef, lr=cfg.lr, r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha, seed=cfg.seed, device="cpu")
-    trunk, tokenizer = load_model(str(TINY), device="cpu")
-    model = lab_ppo.add_policy_adapter(trunk, pcfg)
-    reward = lab_ppo.TrunkRewardModel(load_reward_model(work / "reward_ours", trunk=model, tokenizer=tokenizer))
-    trainer = lab_ppo.PPOTrainer(pcfg, model, tokenizer, reward, prompts)
+    trainer, reward = our_trainer(pcfg, work, prompts)
     build_seconds = time.perf_counter() - build_start
     rss["after_build"] = proc_status("VmRSS")
 
-    # a clock on generation: the rollout samples through PPOTrainer.sample (responses and their texts)
-    generated = []
-    sample = trainer.sample
-
-    def timed_sample(*args, **kwargs):
-        start = time.perf_counter()
-        rollout, completions = sample(*args, **kwargs)
-        generated.append((time.perf_counter() - start, rollout.response.shape[1]))
-        return rollout, completions
-
-    trainer.sample = timed_sample
-    updates = []
-    for i in range(cfg.warmup + cfg.updates):
-        generated.clear()
-        start = time.perf_counter()
-        metrics = trainer.step()
-        seconds = time.perf_counter() - start
-        generation = sum(s for s, _ in generated)
-        updates.append({"seconds": seconds, "generation": generation, "update": metrics["seconds_update"],
-                        "scoring": metrics["seconds_rollout"] - generation,
-                        "generated_tokens": generated[-1][1], "eos_share": metrics["eos_share"],
-                        "kl": metrics["kl"], "ratio_max": metrics["ratio_max"]})
-        print(f"ours {algo} update {i + 1}: {seconds:.2f} s, {cfg.batch_size / seconds:.1f} samples/s", flush=True)
+    updates = time_our_updates(trainer, cfg.warmup + cfg.updates, f"{algo} ", "samples")
     return {"updates": updates, "build_seconds": build_seconds, "rss": rss,
             "trainable_parameters": sum(p.numel() for p in trainer.params), "threads": torch.get_num_threads()}
 
