@@ -30,7 +30,7 @@ import time
 import warnings
 from pathlib import Path
 
-from . import gold
+from . import config_file, gold, tracking
 from .config_args import add_config_args, add_field_option, config_from_args, flag_of
 from .utils import (PACKAGE_DIR, PRECISIONS, ConfigError, LabError, autocast_dtype, config_to_dict, pick_device,
                     read_json, save_config, set_precision, set_seed, short_path)
@@ -48,6 +48,31 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _CheckingParser(_Parser):
+    """The same options, checking a config file's values: a bad one raises, for the caller to name the file."""
+
+    def error(self, message):
+        raise LabError(message)
+
+
+def command_stages(name: str) -> tuple[str, ...]:
+    """The stages whose options a command has: `run` all four, `iterate` its own and PPO's and the reward
+    model's (the rounds retrain both), each stage command its own."""
+    if name == "run":
+        return STAGES
+    return {"label": ("rank",), "iterate": ("iterate", "rm", "ppo")}.get(name, (name,))
+
+
+def _report_to(text: str) -> str:
+    """--report-to: none, tensorboard or wandb, whose package is installed here."""
+    if text not in tracking.REPORT_TO:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(tracking.REPORT_TO)})")
+    problem = tracking.missing_package(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def _configs():
@@ -97,11 +122,12 @@ def _device(text: str) -> str:
     return text
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(parser_class=_Parser) -> argparse.ArgumentParser:
+    """The command line; `parser.commands` is {command: its parser}."""
     from .sft import SFTConfig
 
-    parser = _Parser(prog="rlhf-lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = parser_class(prog="rlhf-lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=parser_class)
     helps = {"run": "all stages, then a report", "sft": "stage 1: supervised fine-tuning with LoRA",
              "rank": "stage 2a: simulated annotators rank K samples per prompt",
              "label": "the same as rank", "rm": "stage 2b: the reward model from the rankings",
@@ -121,15 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
                          default_label="each config's")
         p.add_argument("--device", default="auto", type=_device,
                        help='"auto" (CUDA, MPS, then CPU; the default), "cpu", "cuda", "cuda:N", "mps"')
-        p.add_argument("--fast", action="store_true", help="a quick run with small settings (seconds to a minute a stage)")
+        p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=False,
+                       help="a quick run with small settings (seconds to a minute a stage)")
+        p.add_argument("--config", metavar="FILE", default=None,
+                       help="options from a YAML or JSON file (a run's configs/<command>.yaml is one); options "
+                       "given on the command line override it")
+        p.add_argument("--report-to", default="none", type=_report_to, metavar="{none,tensorboard,wandb}",
+                       help="also log every metric of metrics.jsonl to TensorBoard (DIR/logs) or Weights & Biases "
+                       '(offline unless logged in); needs pip install "rlhf-lab[tensorboard]" or "[wandb]" '
+                       "(default: none)")
         p.add_argument("--precision", choices=PRECISIONS, default=None,
                        help='forward passes: "auto" (bf16 autocast on a CUDA GPU that supports it, else fp32; '
                        'the default, or RLHF_LAB_PRECISION), "bf16", "fp32"')
         p.add_argument("--resume", action="store_true", help="continue the run in --out: keep finished stages, "
                        "continue PPO from its last checkpoint (the options must be those the run was made with)")
         p.add_argument("--debug", action="store_true", help="show the traceback of an error (or set RLHF_LAB_DEBUG=1)")
-        stages = STAGES if name == "run" else ({"label": ("rank",), "iterate": ("iterate", "rm", "ppo")}
-                                                .get(name, (name,)))
+        stages = command_stages(name)
         if name == "iterate":
             from .iterate import IterateConfig
             add_field_option(p, IterateConfig, "rounds", "--rounds", dest="rounds", help="refresh rounds after round 0")
@@ -152,7 +185,59 @@ def build_parser() -> argparse.ArgumentParser:
             skip = _WIRED[stage] + ({"ppo": _ITERATE_PPO_SKIP, "rm": ("seed",)}.get(stage, ()) if name == "iterate"
                                     else ())
             add_config_args(p, cls, prefix=prefix, skip=skip)
+    p = sub.add_parser("compare", help="runs side by side: a table of their key figures and a plot of their curves",
+                       description="runs side by side: a Markdown table of their key figures (and the settings "
+                       "that differ) and a plot of gold, reward and KL per update; written to --out")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders of rlhf-lab runs (each a --out of run, ppo or dpo)")
+    p.add_argument("--out", default="runs/compare", type=_out_folder,
+                   help="where compare.md and compare.png go (default: runs/compare)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (or set RLHF_LAB_DEBUG=1)")
+    parser.commands = sub.choices
     return parser
+
+
+def _as_argv(action: argparse.Action, value) -> list[str]:
+    """The command-line words that give option `action` the value `value` (a config file's setting)."""
+    flag = action.option_strings[0]
+    if isinstance(action, argparse.BooleanOptionalAction):
+        if not isinstance(value, bool):
+            raise LabError(f"must be true or false, not {value!r}")
+        return [flag if value else "--no-" + flag[2:]]
+    if action.nargs == "+":
+        values = value if isinstance(value, list) else [value]
+        return [flag, *map(str, values)]
+    if isinstance(value, (list, dict)):
+        raise LabError(f"must be a single value, not {value!r}")
+    return [flag, "true" if value is True else "false" if value is False else str(value)]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with --config's file read first: its settings become options placed before the
+    ones typed, so that what is typed overrides the file. Each setting is checked as its option is, and a
+    bad one is named with the file and its key."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)  # a bad option: one line and exit 2 (_Parser.error)
+    if getattr(args, "config", None) is None:
+        return args
+    command = parser.commands[args.command]
+    actions = {a.dest: a for a in command._actions if a.option_strings}
+    checker = build_parser(_CheckingParser).commands[args.command]
+    from_file = []
+    try:
+        settings = config_file.settings(args.config, set(actions), _configs())
+    except LabError as err:
+        command.exit(2, f"rlhf-lab: error: {' '.join(str(err).split())}\n")
+    for key, dest, value in settings:
+        try:
+            words = _as_argv(actions[dest], value)
+            checker.parse_args(words)
+        except LabError as err:
+            problem = str(err).replace(f"argument {'/'.join(actions[dest].option_strings)}: ", "")
+            command.exit(2, f"rlhf-lab: error: {short_path(args.config)}: {key} = {value!r}: {problem}; fix it in "
+                         "the file, or override it on the command line\n")
+        from_file += words
+    return parser.parse_args([args.command, *from_file, *argv[argv.index(args.command) + 1:]])
 
 
 # -----------------------------------------------------------------------------
@@ -258,6 +343,17 @@ def _save_configs(out: Path, configs: dict, stages) -> None:
     """configs/<stage>.json: what each stage of this command is made with (read again by --resume)."""
     for stage in stages:
         save_config(configs[stage], out / "configs" / f"{_record_name(stage, configs)}.json")
+
+
+def start_command(args, out: Path, configs: dict) -> dict:
+    """What every command does before its stages: configs/<command>.yaml, every option it resolved (a valid
+    --config that makes the same run again), and the tracker of --report-to, started on that config."""
+    command = "rank" if args.command == "label" else args.command
+    dests = {a.dest for a in build_parser().commands[args.command]._actions if a.option_strings}
+    resolved = config_file.resolved(command, args, configs, dests, _configs(), command_stages(command))
+    config_file.write(resolved, out / "configs" / f"{command}.yaml")
+    tracking.start(args.report_to, out / "logs", resolved, name=f"{out.name}-{command}")
+    return resolved
 
 
 def _write_jsonl(rows, path: Path) -> None:
@@ -564,6 +660,7 @@ def run_pipeline(args) -> dict:
     seed = configs["ppo"].seed
     set_seed(seed)
     _save_configs(out, configs, STAGES)
+    start_command(args, out, configs)
     start = time.time()
     device = pick_device(args.device)
     summary = {"model": configs["sft"].model, "seed": seed, "fast": bool(args.fast),
@@ -593,6 +690,21 @@ def run_pipeline(args) -> dict:
     return summary
 
 
+def compare_runs(args) -> None:
+    """`rlhf-lab compare RUN_DIR...`: the runs' key figures as a Markdown table (printed, and in
+    --out/compare.md) and their curves per update side by side (--out/compare.png)."""
+    from .runs import load_runs, plot_runs, runs_table
+
+    runs = [run for path in args.runs for run in load_runs(path)]
+    out = Path(args.out)
+    table = runs_table(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.md").write_text("# rlhf-lab compare\n\n" + table + "\n\n![curves](compare.png)\n")
+    plot = _save_figure(plot_runs(runs), out / "compare.png")
+    print(table)
+    print(f"\n{short_path(out / 'compare.md')}, {plot}")
+
+
 def run_stage(args) -> None:
     """One stage (sft, rank or label, rm, ppo) into --out."""
     stage = {"label": "rank"}.get(args.command, args.command)
@@ -602,6 +714,7 @@ def run_stage(args) -> None:
     if args.resume:
         check_resume(args, out, configs, (stage,))
     _save_configs(out, configs, (stage,))
+    start_command(args, out, configs)
     if stage == "sft":
         stage_sft(out, configs["sft"], args.resume)
     elif stage == "rank":
@@ -688,16 +801,18 @@ def _debug(args) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # a bad option: one line and exit 2 (_Parser.error)
+    args = parse_args(argv)  # a bad option, or a bad setting in --config's file: one line and exit 2
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning
         try:
-            if args.precision is not None:
+            if getattr(args, "precision", None) is not None:
                 set_precision(args.precision)
             # gold judges fluency against the tiny corpus in the tiny world, by English rules elsewhere
             gold.set_reference(gold.reference_for(getattr(args, "data", None)))
             if args.command == "run":
                 run_pipeline(args)
+            elif args.command == "compare":
+                compare_runs(args)
             else:
                 run_stage(args)
             return 0
@@ -712,6 +827,8 @@ def main(argv: list[str] | None = None) -> int:
             _close_progress_bars()
             print(f"rlhf-lab: error: {message}", file=sys.stderr)
             return code
+        finally:
+            tracking.stop()
 
 
 if __name__ == "__main__":

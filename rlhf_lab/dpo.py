@@ -43,6 +43,7 @@ from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from . import tracking
 from .config_args import Count, Device, OneOf, Positive, Range, Seed, Whole, check_config
 from .ppo_math import dpo_loss, implicit_rewards, logprobs_from_logits, pairwise_accuracy
 from .trunk import (POLICY, add_policy_adapter, build_trunk, forward_response, parameter_memory, save_adapter,
@@ -301,6 +302,7 @@ class DPOTrainer:
     def _record(self, metrics: dict) -> None:
         """Into the history, and a line of metrics.jsonl."""
         self.history.append(metrics)
+        tracking.log("dpo", metrics, metrics.get("step", self.step_count))
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             with open(self.out_dir / METRICS_FILE, "a") as f:

@@ -63,6 +63,7 @@ from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from . import tracking
 from .config_args import (Count, Device, Finite, Fraction, NonNegative, OneOf, Positive, Range, Seed,
                           check_config)
 from .evaluation import compare_with_sft, evaluate_samples, rng_kept, sample_models  # noqa: F401 (re-exported)
@@ -570,6 +571,7 @@ class PPOTrainer:
             "episodes_per_second": B / seconds,
         }
         self.history.append(metrics)
+        tracking.log(cfg.algo, metrics, self.step_count)
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             with open(self.out_dir / METRICS_FILE, "a") as f:

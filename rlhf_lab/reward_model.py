@@ -40,6 +40,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from . import tracking
 from .config_args import Count, Device, Dropout, Positive, Range, Seed, Whole, check_config
 from .gold import gold_score
 from .loading import load_model, load_tokenizer
@@ -528,6 +529,8 @@ def train_reward_model(cfg: RewardConfig, pairs: datasets.Dataset, trunk=None, t
         return {"step": step} | {f"eval_{k}": v for k, v in metrics.items() if not k.startswith("n_")}
 
     history = [evaluate(0)] if len(eval) else []
+    for record in history:
+        tracking.log("rm", record, 0)
 
     def training_mode() -> None:
         """The RM scores with dropout off (Ziegler et al. 2019); in training the trunk's dropout acts
@@ -567,6 +570,7 @@ def train_reward_model(cfg: RewardConfig, pairs: datasets.Dataset, trunk=None, t
                 bar.set_postfix(loss=f"{record['loss']:.3f}", eval_acc=f"{record['eval_accuracy']:.2f}",
                                 gold_acc=f"{record['eval_gold_accuracy']:.2f}")
             history.append(record)
+            tracking.log("rm", record, step)
             bar.update(1)
     bar.close()
     reward_model.eval()

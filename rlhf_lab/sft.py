@@ -31,6 +31,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
+from . import tracking
 from .config_args import Count, Device, Dropout, Positive, Range, Seed, Whole, check_config
 from .loading import load_model, load_tokenizer
 
@@ -385,6 +386,7 @@ def train_sft(cfg: SFTConfig, model=None, tokenizer=None, train=None, eval=None,
     policy = add_lora(model, cfg)
     before = evaluate_loss(policy, tokenizer, None, cfg, examples=eval_examples)["loss"]  # B = 0: the pretrained model
     history = [{"step": 0, "train_loss": None, "eval_loss": before}]
+    tracking.log("sft", history[0], 0)
 
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=0.0)  # no decay: LoRA's B starts at 0 and should stay free
@@ -421,6 +423,7 @@ def train_sft(cfg: SFTConfig, model=None, tokenizer=None, train=None, eval=None,
             if step % cfg.eval_every == 0 or step == total_steps:
                 eval_loss = evaluate_loss(policy, tokenizer, None, cfg, examples=eval_examples)["loss"]
                 history.append({"step": step, "train_loss": sum(window) / len(window), "eval_loss": eval_loss})
+                tracking.log("sft", history[-1], step)
                 bar.set_postfix(train_loss=f"{history[-1]['train_loss']:.3f}", eval_loss=f"{eval_loss:.3f}")
                 window = []
     bar.close()

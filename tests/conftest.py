@@ -40,3 +40,16 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-run") / "run"
     assert main(["run", *RUN, "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def replayed_run(tiny_run, tmp_path_factory):
+    """tiny_run made again from the config it saved (configs/run.yaml), logging to TensorBoard (~10 s):
+    for the --config round trip (tests/test_config_file.py), --report-to (tests/test_tracking.py) and
+    `rlhf-lab compare` (tests/test_runs.py)."""
+    from rlhf_lab.cli import main
+
+    out = tmp_path_factory.mktemp("replayed-run") / "run"
+    assert main(["run", "--config", str(tiny_run / "configs" / "run.yaml"), "--report-to", "tensorboard",
+                 "--out", str(out)]) == 0
+    return out

@@ -8,7 +8,8 @@ from faults import PPO, RANK, RM, RUN, SFT, cli, one_line_error
 
 from rlhf_lab.cli import build_parser
 
-COMMANDS = ("run", "sft", "rank", "label", "rm", "ppo", "dpo", "iterate")  # iterate runs in tests/test_iterate.py
+# iterate runs in tests/test_iterate.py, compare in tests/test_runs.py
+COMMANDS = ("run", "sft", "rank", "label", "rm", "ppo", "dpo", "iterate", "compare")
 # DPO in seconds: one epoch, and its samples as PPO's (8 prompts, 16 tokens, one chunk of 8: the same draws)
 DPO = ["--dpo-epochs", "1", "--dpo-eval-prompts", "8", "--dpo-eval-batch-size", "8", "--dpo-max-new-tokens", "16",
        "--dpo-checkpoint-every", "2"]

@@ -16,7 +16,7 @@ def pyproject():
 
 
 def environment_pip_section() -> list[str]:
-    """The pip entries of environment.yml (read by hand: no YAML library is a dependency)."""
+    """The pip entries of environment.yml (read by hand: a plain list, the way a reader sees it)."""
     lines = (ROOT / "environment.yml").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.strip() == "- pip:")
     return [line.strip()[2:].strip() for line in lines[start + 1:] if line.strip().startswith("- ")]
