@@ -422,11 +422,13 @@ def stage_rank(out: Path, cfg, device) -> dict:
     from .sft import load_sft
 
     path = pipeline.rankings_path(out)
+    record = path.parent / "rank_result.json"  # the seconds the rankings took, over every top-up
     n = cfg.n_rankings
     have = pipeline.count_rankings(path)
+    spent = read_json(record, "rankings' record").get("seconds", 0.0) if record.is_file() else 0.0
     if have >= n:
         print(f"[rank] done already: {have} rankings in {short_path(path)}")
-        return {"rankings": have, "k": cfg.k, "seconds": 0.0}
+        return {"rankings": have, "k": cfg.k, "seconds": spent}
     require_stages(out, "sft")
     start = time.time()
     model, tokenizer = load_sft(pipeline.sft_adapter_path(out), device=device)
@@ -437,7 +439,9 @@ def stage_rank(out: Path, cfg, device) -> dict:
     pipeline.top_up_rankings(path, model, tokenizer, n, K=cfg.k, prompts=prompts, seed=cfg.seed)
     seconds = time.time() - start
     print(f"[rank] simulated annotators ranked {n - have} prompts x {cfg.k} samples in {seconds:.0f} s")
-    return {"rankings": pipeline.count_rankings(path), "k": cfg.k, "seconds": seconds}
+    result = {"rankings": pipeline.count_rankings(path), "k": cfg.k, "seconds": spent + seconds}
+    record.write_text(json.dumps(result) + "\n")
+    return result
 
 
 def stage_rm(out: Path, cfg, args, resume: bool) -> dict:
@@ -608,10 +612,13 @@ def write_report(out: Path, summary: dict, samples: list[dict]) -> Path:
     s = summary
     algo = s["ppo"].get("algo", "ppo")  # stage 3's algorithm: ppo, rloo or grpo
     name = algo.upper()
+    stages_total = sum(s.get("stage_seconds", {}).values())
+    took = (f"Resumed with --resume: this command took {s['seconds']:.0f} s; the stages took {stages_total:.0f} s "
+            "in all when they ran (the table's seconds)." if s.get("resumed") else f"Total {s['seconds']:.0f} s.")
     lines = [
         "# rlhf-lab run", "",
         f"Made by `rlhf-lab run` on {time.strftime('%Y-%m-%d %H:%M')}, {'FAST' if s['fast'] else 'full'} mode, "
-        f"model `{s['model']}`, seed {s['seed']}. Total {s['seconds']:.0f} s.", "",
+        f"model `{s['model']}`, seed {s['seed']}. {took}", "",
         "| stage | result | seconds |", "|---|---|---|",
         f"| 1. SFT | held-out loss {s['sft']['eval_loss_before']:.3f} -> {s['sft']['eval_loss_after']:.3f} "
         f"({s['sft']['relative_drop']:.0%} lower) | {s['sft']['seconds']:.0f} |",
@@ -663,7 +670,7 @@ def run_pipeline(args) -> dict:
     start_command(args, out, configs)
     start = time.time()
     device = pick_device(args.device)
-    summary = {"model": configs["sft"].model, "seed": seed, "fast": bool(args.fast),
+    summary = {"model": configs["sft"].model, "seed": seed, "fast": bool(args.fast), "resumed": bool(args.resume),
                "device": str(device), "precision": "bf16" if autocast_dtype(device) is not None else "fp32",
                "gold_reference": gold.get_reference(), "command": " ".join(["rlhf-lab"] + sys.argv[1:])}
     summary["sft"] = stage_sft(out, configs["sft"], args.resume)

@@ -51,6 +51,12 @@ def test_resume_with_the_same_options_keeps_every_stage(capsys, tiny_run, tmp_pa
     for key in ("eval_loss_before", "eval_loss_after", "relative_drop"):
         assert summary["sft"][key] == first["sft"][key]
     assert summary["ppo"]["gold_score_ppo"] == first["ppo"]["gold_score_ppo"]
+    # the report of a resumed run gives each stage's time from when it ran, not the resume's 0 s
+    assert summary["stage_seconds"] == first["stage_seconds"] and summary["stage_seconds"]["rankings"] > 0
+    assert summary["resumed"] is True and first["resumed"] is False
+    report = (run / "report.md").read_text()
+    assert f"Resumed with --resume: this command took {summary['seconds']:.0f} s; the stages took " \
+           f"{sum(first['stage_seconds'].values()):.0f} s in all when they ran" in report
 
 
 # -----------------------------------------------------------------------------
