@@ -185,6 +185,8 @@ def build_parser(parser_class=_Parser) -> argparse.ArgumentParser:
             skip = _WIRED[stage] + ({"ppo": _ITERATE_PPO_SKIP, "rm": ("seed",)}.get(stage, ()) if name == "iterate"
                                     else ())
             add_config_args(p, cls, prefix=prefix, skip=skip)
+    from .classroom import add_class_parser
+    add_class_parser(sub)  # rlhf-lab class items | merge: a class as annotators (classroom.py)
     p = sub.add_parser("compare", help="runs side by side: a table of their key figures and a plot of their curves",
                        description="runs side by side: a Markdown table of their key figures (and the settings "
                        "that differ) and a plot of gold, reward and KL per update; written to --out")
@@ -820,6 +822,9 @@ def main(argv: list[str] | None = None) -> int:
                 run_pipeline(args)
             elif args.command == "compare":
                 compare_runs(args)
+            elif args.command == "class":
+                from .classroom import run_class
+                run_class(args)
             else:
                 run_stage(args)
             return 0

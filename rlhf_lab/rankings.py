@@ -170,6 +170,15 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")  # e.g. 2025-01-31T12:00:00+00:00
 
 
+def _seconds_field(seconds: float | None) -> dict:
+    """{"seconds": 12.34} for a record (the time a label took, to a hundredth), or {} if not measured."""
+    if seconds is None:
+        return {}
+    if not (isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 <= seconds < float("inf")):
+        raise LabError(f"seconds must be a number >= 0 (how long the label took), got {seconds!r}.")
+    return {"seconds": round(float(seconds), 2)}
+
+
 @contextlib.contextmanager
 def _locked(f, exclusive: bool, path: Path):
     """Hold the OS's lock on the open store file f for the block: exclusive for a writer (one at a time,
@@ -215,7 +224,16 @@ _WRITE_PROBLEMS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "your disk qu
 class RankingStore:
     """Append-only JSONL file of ranking records; each one is on disk (flushed and fsynced) at once,
     so a kernel that dies loses nothing already submitted. Writers take the file's OS lock in turn,
-    so two kernels (or the widget and a top-up) can write into one store without losing a record."""
+    so two kernels (or the widget and a top-up) can write into one store without losing a record.
+
+    A subclass may hold other records on the same path to disk (scores.LabelStore: scores and
+    rankings of a class): it sets what a line must be, what identifies it, and whose records count.
+    """
+
+    check_record = staticmethod(check_ranking_record)  # raises LabError unless a record may be a line
+    key = staticmethod(item_key)  # what add(if_new=True) looks for: one record per key
+    per_annotator = False  # False: an item is done once anyone ranked it (a top-up and the learner share
+    # one file); True: each annotator's own records count for them (several learners in one file)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -224,21 +242,22 @@ class RankingStore:
         return f"RankingStore({str(self.path)!r})"
 
     def add(self, prompt: str, completions: list[str], ranking: list[int], annotator: str = "learner",
-            if_new: bool = False) -> dict | None:
+            if_new: bool = False, seconds: float | None = None) -> dict | None:
         """Write one ranking (indices into completions, best first) and return the record.
 
         if_new: read the file again first (under the lock) and write nothing, returning None, if it
         already holds this item (ranked or skipped, by anyone): the widget submits so.
+        seconds: how long the ranking took (the widget measures it), kept as "seconds" in the record.
         """
         record = {"prompt": prompt, "completions": list(completions), "ranking": list(ranking),
-                  "annotator": annotator, "time": _utc_now()}
+                  "annotator": annotator, "time": _utc_now()} | _seconds_field(seconds)
         return record if self._append(record, if_new) else None
 
     def skip(self, prompt: str, completions: list[str], annotator: str = "learner",
-             if_new: bool = False) -> dict | None:
+             if_new: bool = False, seconds: float | None = None) -> dict | None:
         """Write a skip, so that a resumed session does not ask for this item again (if_new: see add)."""
         record = {"prompt": prompt, "completions": list(completions), "ranking": None, "skipped": True,
-                  "annotator": annotator, "time": _utc_now()}
+                  "annotator": annotator, "time": _utc_now()} | _seconds_field(seconds)
         return record if self._append(record, if_new) else None
 
     def records(self) -> list[dict]:
@@ -260,23 +279,23 @@ class RankingStore:
         located = []
         for where, record in read_records(self.path):  # skips a cut-off last line, with a warning
             try:
-                check_ranking_record(record)
+                self.check_record(record)
             except LabError as e:
                 raise PreferenceFileError(f"{self.path}, {where}: {e} This file should hold only records "
-                                          "written by RankingStore; fix or delete that line.") from None
+                                          f"written by {type(self).__name__}; fix or delete that line.") from None
             located.append((where, record))
         return located
 
     def _append(self, record: dict, if_new: bool = False) -> bool:
         """Write the record's line at the end, under the lock; False if if_new and the item is there."""
-        check_ranking_record(record)  # a bad ranking never reaches the file
+        self.check_record(record)  # a bad ranking never reaches the file
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # unbuffered: a write the disk refuses fails here, not later in a buffer's flush at close
             with open(self.path, "a+b", buffering=0) as f, _locked(f, exclusive=True, path=self.path):
                 self._end_cut_off_line(f)
-                if if_new and item_key(record) in {item_key(r) for _, r in self._read_unlocked()}:
+                if if_new and self.key(record) in {self.key(r) for _, r in self._read_unlocked()}:
                     return False
                 size = f.seek(0, os.SEEK_END)
                 try:
@@ -289,7 +308,8 @@ class RankingStore:
                     raise
         except OSError as err:
             problem = _WRITE_PROBLEMS.get(err.errno, err.strerror or str(err))
-            raise RankingNotSaved(f"could not save to {self.path}: {problem}. Nothing was written; the ranking "
+            what = "score" if "score" in record else "ranking"
+            raise RankingNotSaved(f"could not save to {self.path}: {problem}. Nothing was written; the {what} "
                                   "is not saved yet. Free some space (or fix the folder's permissions), then "
                                   "submit it again.") from None
         return True

@@ -1,4 +1,5 @@
-"""A Jupyter widget to rank K completions of a prompt, best first, saving each ranking at once.
+"""Jupyter widgets to label samples, saving each label at once: rank K completions of a prompt, best
+first (RankingWidget), or score one text at a time on a fixed scale, 1-7 by default (ScoreWidget).
 
 Click the cards from best to worst (each shows its place, "1st", "2nd", ...), then Submit; Undo takes
 back the last click, Skip moves on without a ranking. Everything goes through a RankingStore, so
@@ -6,7 +7,12 @@ re-creating the widget on the same file carries on where the learner stopped. Wi
 installed, keys work while the mouse is over the widget: 1-9 pick a card, Enter submits, Backspace undoes.
 
 The widget can be driven from Python (click, undo, skip, submit), which is how the tests use it;
-the buttons call the same methods.
+the buttons call the same methods. Each ranking records the seconds it took (from the item's showing
+to Submit), so that a class can count what its labels cost.
+
+ScoreWidget shows one text at a time with a button per value of the scale: click one (or press its
+digit), then Submit (or Enter); Backspace clears the choice. Scores and rankings of a class go to one
+scores.LabelStore file per learner (classroom.py); the same lock, fsync and resume as above.
 
 Submit reads the file again before it writes (under the store's lock): if another kernel or notebook
 ranked this item meanwhile, the widget says so and moves on instead of adding a second ranking. If the
@@ -17,12 +23,14 @@ so the learner can submit it again.
 from __future__ import annotations
 
 import html
+import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import ipywidgets as widgets
 
 from rlhf_lab.rankings import Key, RankingStore, item_key
+from rlhf_lab.scores import SCALE, LabelStore, check_scale, is_score_record
 from rlhf_lab.utils import LabError
 
 MAX_K = 9  # one digit key per card; InstructGPT ranked K = 4..9
@@ -69,18 +77,68 @@ def _check_items(items: Iterable[dict]) -> list[dict]:
     return checked
 
 
-class RankingWidget:
-    """Rank the completions of each item, best first; each ranking or skip goes to store_path at once."""
+class _LabelWidget:
+    """What both widgets share: the status line, errors shown in red, the keyboard, the display."""
 
-    def __init__(self, items: Iterable[dict], store_path: str | Path, annotator: str = "learner",
-                 keyboard: bool = True):
+    widget: widgets.VBox
+    _status: widgets.HTML
+
+    def _say(self, message: str, error: bool = False) -> None:
+        text = html.escape(message)
+        self._status.value = f'<b style="color:#c62828">{text}</b>' if error else text
+
+    def _safely(self, action, *args) -> None:
+        """Run an action from a button or key; a LabError (a full disk included) is shown in the widget,
+        in red, not as a traceback in a log the learner never sees; the state stays as it was."""
+        try:
+            action(*args)
+        except LabError as e:
+            self._say(str(e), error=True)
+
+    def _on_key(self, event: dict) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _keyboard_available() -> bool:
+        try:
+            import ipyevents  # noqa: F401  (optional: without it the buttons still work)
+        except ImportError:
+            return False
+        return True
+
+    def _attach_keyboard(self):
+        from ipyevents import Event
+
+        # ipyevents listens while the mouse is over the widget, and keeps those keys from Jupyter's own
+        # shortcuts (Enter would otherwise edit the cell, Backspace...).
+        event = Event(source=self.widget, watched_events=["keydown"])
+        event.on_dom_event(self._on_key)
+        return event
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+
+class RankingWidget(_LabelWidget):
+    """Rank the completions of each item, best first; each ranking or skip goes to store_path at once.
+
+    store_path: a file (a RankingStore), or a store; a class's scores.LabelStore, which other learners
+    may share, counts this annotator's rankings only. clock: seconds (time.monotonic; tests pass a fake).
+    """
+
+    def __init__(self, items: Iterable[dict], store_path: str | Path | RankingStore, annotator: str = "learner",
+                 keyboard: bool = True, clock: Callable[[], float] = time.monotonic):
         self.items = _check_items(items)
-        self.store = RankingStore(store_path)
+        self.store = store_path if isinstance(store_path, RankingStore) else RankingStore(store_path)
         self.annotator = annotator
+        self._clock = clock
+        self._shown_at = clock()  # when the item on show appeared: its ranking's "seconds" count from here
 
         # resume: what this file already holds for these items
         keys = {item_key(item) for item in self.items}
-        records = self.store.records()
+        records = self._own_records()
         self._ranked: set[Key] = {item_key(r) for r in records if r["ranking"] is not None} & keys
         self._skipped: set[Key] = ({item_key(r) for r in records if r["ranking"] is None} & keys) - self._ranked
         self._queue = [item for item in self.items if item_key(item) not in self._ranked | self._skipped]
@@ -148,7 +206,8 @@ class RankingWidget:
     def skip(self) -> dict | None:
         """Record a skip for the current item and move on (None: the file held the item already)."""
         item = self._require_item()
-        record = self.store.skip(item["prompt"], item["completions"], annotator=self.annotator, if_new=True)
+        record = self.store.skip(item["prompt"], item["completions"], annotator=self.annotator, if_new=True,
+                                 seconds=self._clock() - self._shown_at)
         if record is None:
             return self._done_elsewhere(item)
         self._skipped.add(item_key(item))
@@ -166,7 +225,7 @@ class RankingWidget:
         if len(self._ranking) < K:
             raise LabError(f"rank all {K} completions before submitting ({len(self._ranking)} of {K} so far).")
         record = self.store.add(item["prompt"], item["completions"], self._ranking, annotator=self.annotator,
-                                if_new=True)
+                                if_new=True, seconds=self._clock() - self._shown_at)
         if record is None:
             return self._done_elsewhere(item)
         self._ranked.add(item_key(item))
@@ -180,10 +239,16 @@ class RankingWidget:
                         "to the same file; yours was not added, so it is not counted twice. Next one.")
         return None
 
+    def _own_records(self) -> list[dict]:
+        """The ranking records that count as done here: all of a RankingStore's; in a store shared by
+        several annotators (per_annotator: a class's LabelStore), this annotator's rankings only."""
+        return [r for r in self.store.records() if not is_score_record(r)
+                and (not self.store.per_annotator or r.get("annotator") == self.annotator)]
+
     def _sync_with_file(self) -> None:
         """Ranked and skipped as the file has them now (another writer may have added some)."""
         keys = {item_key(item) for item in self.items}
-        records = self.store.records()
+        records = self._own_records()
         self._ranked = {item_key(r) for r in records if r["ranking"] is not None} & keys
         self._skipped = ({item_key(r) for r in records if r["ranking"] is None} & keys) - self._ranked
 
@@ -219,6 +284,7 @@ class RankingWidget:
         for old in self._card_bodies + self._card_buttons + self._card_boxes:
             old.close()  # drop the old cards' front-end models, or they pile up item after item
         self._card_bodies, self._card_buttons, self._card_boxes = [], [], []
+        self._shown_at = self._clock()
         item = self.current_item
         if item is None:
             self._cards.children = [widgets.HTML(
@@ -270,37 +336,8 @@ class RankingWidget:
             raise LabError(f"all {len(self.items)} items are done; nothing is left to rank here.")
         return item
 
-    def _say(self, message: str, error: bool = False) -> None:
-        text = html.escape(message)
-        self._status.value = f'<b style="color:#c62828">{text}</b>' if error else text
-
-    def _safely(self, action, *args) -> None:
-        """Run an action from a button or key; a LabError (a full disk included) is shown in the widget,
-        in red, not as a traceback in a log the learner never sees; the state stays as it was."""
-        try:
-            action(*args)
-        except LabError as e:
-            self._say(str(e), error=True)
-
     # -------------------------------------------------------------------------
     # keyboard, if ipyevents is installed
-
-    @staticmethod
-    def _keyboard_available() -> bool:
-        try:
-            import ipyevents  # noqa: F401  (optional: without it the buttons still work)
-        except ImportError:
-            return False
-        return True
-
-    def _attach_keyboard(self):
-        from ipyevents import Event
-
-        # ipyevents listens while the mouse is over the widget, and keeps those keys from Jupyter's own
-        # shortcuts (Enter would otherwise edit the cell, Backspace...).
-        event = Event(source=self.widget, watched_events=["keydown"])
-        event.on_dom_event(self._on_key)
-        return event
 
     def _on_key(self, event: dict) -> None:
         key = event.get("key", "")
@@ -315,7 +352,222 @@ class RankingWidget:
         elif key == "Backspace":
             self._safely(self.undo)
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
 
-        display(self.widget)
+# -----------------------------------------------------------------------------
+# score mode: one text at a time, one value of a fixed scale
+
+
+def score_card_html(prompt: str, completion: str, score: int | None) -> str:
+    """The text to score as HTML: the prompt in bold, then the completion, and the chosen score if any.
+    Model text is escaped, as on the ranking cards."""
+    badge = "" if score is None else (
+        f' <span style="background:{GREEN};color:white;border-radius:4px;padding:1px 6px">{score}</span>')
+    return (f'<div style="white-space:pre-wrap;overflow-wrap:anywhere;line-height:1.4;padding:8px;'
+            f'border:1px solid #bbb">{badge} <b>{html.escape(prompt)}</b>{html.escape(completion)}</div>')
+
+
+def _check_texts(items: Iterable[dict]) -> list[dict]:
+    """Items to score as a list of {"prompt", "completion"}, each once."""
+    checked, seen = [], set()
+    for n, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) \
+                or not isinstance(item.get("completion"), str):
+            raise LabError(f"item {n} must be a dict {{'prompt': str, 'completion': str}} (one text to score), "
+                           f"got {item!r:.100}.")
+        key = item["prompt"], item["completion"]
+        if key not in seen:
+            seen.add(key)
+            checked.append({"prompt": item["prompt"], "completion": item["completion"]})
+    if not checked:
+        raise LabError("there are no texts to score; pass a list of {'prompt', 'completion'} dicts.")
+    return checked
+
+
+class ScoreWidget(_LabelWidget):
+    """Score each text on a fixed scale (1-7 by default), one at a time; each score or skip goes to the
+    store (a scores.LabelStore) at once, with the seconds it took.
+
+    The texts come one by one, never side by side: a score is an absolute judgement, which is what a
+    class compares with its rankings (classroom.py).
+    """
+
+    def __init__(self, items: Iterable[dict], store_path: str | Path | LabelStore, annotator: str = "learner",
+                 scale: tuple[int, int] = SCALE, keyboard: bool = True, clock: Callable[[], float] = time.monotonic):
+        self.items = _check_texts(items)
+        self.store = store_path if isinstance(store_path, LabelStore) else LabelStore(store_path)
+        self.annotator = annotator
+        self.scale = check_scale(tuple(scale))
+        self._clock = clock
+        self._shown_at = clock()
+        self._sync_with_file()
+        self._queue = [item for item in self.items if self._key(item) not in self._scored | self._skipped]
+        self._position = 0
+        self._choice: int | None = None
+
+        self._use_keyboard = keyboard and self._keyboard_available()
+        self._build()
+        self._keyboard = self._attach_keyboard() if self._use_keyboard else None
+        self._show_item()
+
+    @staticmethod
+    def _key(item: dict) -> tuple[str, str]:
+        return item["prompt"], item["completion"]
+
+    # -------------------------------------------------------------------------
+    # state, readable from Python
+
+    @property
+    def current_item(self) -> dict | None:
+        """The text on show ({"prompt", "completion"}), or None when all are done."""
+        return self._queue[self._position] if self._position < len(self._queue) else None
+
+    @property
+    def current_score(self) -> int | None:
+        """The value chosen for the text on show, not submitted yet (None: none chosen)."""
+        return self._choice
+
+    @property
+    def progress_text(self) -> str:
+        scored, skipped, total = len(self._scored), len(self._skipped), len(self.items)
+        if self.current_item is None:
+            return f"All {total} done: {scored} scored, {skipped} skipped."
+        return f"{scored} of {total} scored, {skipped} skipped"
+
+    # -------------------------------------------------------------------------
+    # actions: the buttons and keys call these
+
+    def choose(self, score: int) -> None:
+        """Pick a value of the scale for the text on show (another pick replaces it)."""
+        self._require_item()
+        low, high = self.scale
+        if not (isinstance(score, int) and low <= score <= high):
+            raise LabError(f"there is no score {score!r} on this scale: {low} (worst) to {high} (best).")
+        self._choice = score
+        self._say("")
+        self._refresh()
+
+    def clear(self) -> None:
+        """Take back the chosen value."""
+        self._require_item()
+        if self._choice is None:
+            self._say("Nothing to clear.")
+            return
+        self._choice = None
+        self._say("")
+        self._refresh()
+
+    def submit(self) -> dict | None:
+        """Save the chosen score and move on; None if the file already held this annotator's score of
+        the text (another kernel). A disk that refuses the write: a LabError, and the choice stays."""
+        item = self._require_item()
+        if self._choice is None:
+            low, high = self.scale
+            raise LabError(f"choose a score from {low} to {high} before submitting.")
+        record = self.store.add_score(item["prompt"], item["completion"], self._choice, self.scale,
+                                      annotator=self.annotator, if_new=True, seconds=self._clock() - self._shown_at)
+        if record is None:
+            return self._done_elsewhere()
+        self._scored.add(self._key(item))
+        self._next_item(f"Saved: {record['score']}.")
+        return record
+
+    def skip(self) -> dict | None:
+        """Record a skip for the text on show and move on."""
+        item = self._require_item()
+        record = self.store.add_score(item["prompt"], item["completion"], None, self.scale, annotator=self.annotator,
+                                      if_new=True, seconds=self._clock() - self._shown_at)
+        if record is None:
+            return self._done_elsewhere()
+        self._skipped.add(self._key(item))
+        self._next_item("Skipped.")
+        return record
+
+    def _done_elsewhere(self) -> None:
+        self._next_item("You scored (or skipped) this text already, in another kernel or notebook writing to the "
+                        "same file; this one was not added, so it is not counted twice. Next one.")
+        return None
+
+    def _sync_with_file(self) -> None:
+        """Scored and skipped as the file has them now, for this annotator and these texts."""
+        keys = {self._key(item) for item in self.items}
+        records = self.store.scores(self.annotator)
+        self._scored = {self._key(r) for r in records if r["score"] is not None} & keys
+        self._skipped = ({self._key(r) for r in records if r["score"] is None} & keys) - self._scored
+
+    def _next_item(self, message: str) -> None:
+        self._position += 1
+        self._sync_with_file()
+        done = self._scored | self._skipped
+        while self.current_item is not None and self._key(self.current_item) in done:
+            self._position += 1  # done in another kernel meanwhile: not asked again
+        self._choice = None
+        self._show_item()
+        self._say(message)
+
+    def _require_item(self) -> dict:
+        item = self.current_item
+        if item is None:
+            raise LabError(f"all {len(self.items)} texts are done; nothing is left to score here.")
+        return item
+
+    # -------------------------------------------------------------------------
+    # display
+
+    def _build(self) -> None:
+        low, high = self.scale
+        keys = f" Keys (mouse over the widget): {low}-{high} choose, Enter submits, Backspace clears." \
+            if self._use_keyboard else ""
+        self._header = widgets.HTML(f"<b>Score the text</b> from {low} (worst) to {high} (best), on its own: "
+                                    f"how good is it, for the task? Then Submit.{keys}")
+        self._progress = widgets.Label()
+        self._card = widgets.HTML()
+        self._score_buttons = []
+        for value in range(low, high + 1):
+            button = widgets.Button(description=str(value), layout=widgets.Layout(width="48px"),
+                                    tooltip={low: "worst", high: "best"}.get(value, ""))
+            button.on_click(lambda _, v=value: self._safely(self.choose, v))
+            self._score_buttons.append(button)
+        self._skip_button = widgets.Button(description="Skip", icon="forward", tooltip="records a skip")
+        self._submit_button = widgets.Button(description="Submit", icon="check", button_style="primary",
+                                             tooltip="Enter")
+        self._skip_button.on_click(lambda _: self._safely(self.skip))
+        self._submit_button.on_click(lambda _: self._safely(self.submit))
+        self._status = widgets.HTML()
+        scale_row = widgets.HBox([widgets.Label(f"{low} worst"), *self._score_buttons, widgets.Label(f"{high} best")])
+        self.widget = widgets.VBox([self._header, self._progress, self._card, scale_row,
+                                    widgets.HBox([self._skip_button, self._submit_button]), self._status])
+
+    def _show_item(self) -> None:
+        self._shown_at = self._clock()
+        self._refresh()
+
+    def _refresh(self) -> None:
+        item = self.current_item
+        self._progress.value = self.progress_text
+        done = item is None
+        if done:
+            self._card.value = (f"<b>All done.</b> {len(self._scored)} scores and {len(self._skipped)} skips are saved "
+                                f"in <code>{html.escape(str(self.store.path))}</code>.")
+        else:
+            self._card.value = score_card_html(item["prompt"], item["completion"], self._choice)
+        for value, button in zip(range(self.scale[0], self.scale[1] + 1), self._score_buttons):
+            button.button_style = "success" if value == self._choice else ""
+            button.disabled = done
+        self._skip_button.disabled = done
+        self._submit_button.disabled = done or self._choice is None
+
+    # -------------------------------------------------------------------------
+    # keyboard, if ipyevents is installed
+
+    def _on_key(self, event: dict) -> None:
+        key = event.get("key", "")
+        if self.current_item is None:
+            return
+        low, high = self.scale
+        if len(key) == 1 and key.isdigit():
+            if low <= int(key) <= high:
+                self._safely(self.choose, int(key))
+        elif key == "Enter":
+            self._safely(self.submit)
+        elif key == "Backspace":
+            self._safely(self.clear)

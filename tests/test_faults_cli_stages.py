@@ -8,8 +8,8 @@ from faults import PPO, RANK, RM, RUN, SFT, cli, one_line_error
 
 from rlhf_lab.cli import build_parser
 
-# iterate runs in tests/test_iterate.py, compare in tests/test_runs.py
-COMMANDS = ("run", "sft", "rank", "label", "rm", "ppo", "dpo", "iterate", "compare")
+# iterate runs in tests/test_iterate.py, compare in tests/test_runs.py, class in tests/test_classroom.py
+COMMANDS = ("run", "sft", "rank", "label", "rm", "ppo", "dpo", "iterate", "compare", "class")
 # DPO in seconds: one epoch, and its samples as PPO's (8 prompts, 16 tokens, one chunk of 8: the same draws)
 DPO = ["--dpo-epochs", "1", "--dpo-eval-prompts", "8", "--dpo-eval-batch-size", "8", "--dpo-max-new-tokens", "16",
        "--dpo-checkpoint-every", "2"]
@@ -28,6 +28,9 @@ def test_these_are_all_the_subcommands():
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_of_every_subcommand_states_ranges(capsys, command):
     code, out, _ = cli(capsys, command, "--help")
+    if command == "class":  # its own subcommands (class items, class merge) carry the options
+        assert code == 0 and "items" in out and "merge" in out
+        code, out, _ = cli(capsys, command, "merge", "--help")
     assert code == 0 and "--out" in out and "--debug" in out
     if command in ("run", "ppo"):
         assert "--steps STEPS" in out and "(>= 1; default: 40)" in out

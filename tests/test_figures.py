@@ -93,3 +93,29 @@ def test_notebook_07_iterated_rlhf_and_its_prose_hold():
     assert all(abs(a - s) < 0.05 for a, s in zip(later, f["rm_acc_stale_per_round"]))
     # one round's new rankings: a quarter of the first file
     assert f["labels_per_round"][1] - f["labels_per_round"][0] == f["labels_per_round"][0] // 4
+
+
+def test_notebook_08_class_agreement_and_its_prose_hold():
+    """Notebook 08's figures (a full run, on simulated learners: no class's files are committed) and the
+    design its prose and the README state."""
+    import json
+    import statistics
+
+    path = ROOT / "notebooks" / "08_classroom.ipynb"
+    f = figures.of_notebook(path)
+    assert f, "notebook 08 carries no figures: run scripts/run_notebooks.py on it"
+    assert f["fast"] is False and f["simulated"] is True
+    assert json.loads(path.read_text())["metadata"]["rlhf_lab"]["last_run"]["seconds"] < 300  # "a few minutes"
+    # 8 prompts x K = 4 samples, scored on 1-7 and ranked by every learner (the README, the teacher's guide)
+    assert (f["prompts_ranked"], f["k"], f["texts_scored"], f["scale"]) == (8, 4, 32, [1, 7])
+    for name in ("alpha_scores", "alpha_rankings", "pair_agreement_scores", "pair_agreement_rankings",
+                 "rm_gold_acc_from_scores", "rm_gold_acc_from_rankings", "exact_share_scores", "kendalls_w"):
+        assert 0 < f[name] <= 1, name
+    # the seed's claim, on the same pairs: the learners' rankings agree more than their scores imply
+    assert f["pair_agreement_rankings"] > f["pair_agreement_scores"] + 0.05
+    # the reward models: each a mean over its seeds, both well above chance on enough held-out pairs
+    for kind, name in (("rankings", "rm_gold_acc_from_rankings"), ("scores", "rm_gold_acc_from_scores"),
+                       ("scores_per_learner", "rm_gold_acc_from_scores_per_learner")):
+        assert len(f["rm_per_seed"][kind]) == 3 and f[name] == pytest.approx(statistics.fmean(f["rm_per_seed"][kind]))
+        assert f[name] > 0.65, name
+    assert f["rm_eval_pairs"] >= 500

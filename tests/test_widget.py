@@ -1,4 +1,5 @@
-"""Tests for rlhf_lab/widget.py, driving the RankingWidget from Python as the buttons would."""
+"""Tests for rlhf_lab/widget.py, driving the RankingWidget and the ScoreWidget from Python as the buttons
+and keys would."""
 
 import ipywidgets as widgets
 import pytest
@@ -157,3 +158,96 @@ def test_bad_items_are_refused(tmp_path):
 
 def test_ordinal():
     assert [ordinal(n) for n in range(1, 10)] == ["1st", "2nd", "3rd", "4th", "5th", "6th", "7th", "8th", "9th"]
+
+
+# -----------------------------------------------------------------------------
+# score mode (ScoreWidget) and the seconds each label took
+
+TEXTS = [{"prompt": "The film was", "completion": " great."}, {"prompt": "The film was", "completion": " awful."},
+         {"prompt": "I think", "completion": " so."}]
+
+
+class FakeClock:
+    """time.monotonic for a test: each call returns the next time, so every label's seconds are known."""
+
+    def __init__(self, *times):
+        self.times = list(times)
+
+    def __call__(self):
+        return self.times.pop(0)
+
+
+def test_score_clicks_and_keys_are_saved_exactly(tmp_path):
+    from rlhf_lab.scores import LabelStore
+    from rlhf_lab.widget import ScoreWidget
+
+    path = tmp_path / "ada.jsonl"
+    # shown at 100 (created) and 100 (first text), submitted at 106.5; next shown 106.5, ... one call each
+    scorer = ScoreWidget(TEXTS, path, annotator="ada", keyboard=False, clock=FakeClock(100, 100, 106.5, 106.5,
+                                                                                       110.25, 110.25, 112, 112))
+    assert scorer.current_item == TEXTS[0] and scorer._submit_button.disabled
+    scorer._score_buttons[2].click()  # the button "3", as the learner clicks it
+    scorer._score_buttons[5].click()  # changed their mind: 6
+    assert scorer.current_score == 6 and scorer._score_buttons[5].button_style == "success"
+    assert "<b>The film was</b> great." in scorer._card.value and ">6</span>" in scorer._card.value
+    scorer._submit_button.click()
+    for key in ["9", "0", "2", "Backspace", "4", "Enter"]:  # 9 and 0 are off the 1-7 scale: ignored
+        scorer._on_key({"type": "keydown", "key": key})
+    scorer._skip_button.click()
+    assert scorer.current_item is None and scorer.progress_text == "All 3 done: 2 scored, 1 skipped."
+    assert all(b.disabled for b in scorer._score_buttons) and scorer._submit_button.disabled
+
+    records = LabelStore(path).records()
+    assert [{k: v for k, v in r.items() if k != "time"} for r in records] == [
+        {"prompt": "The film was", "completion": " great.", "score": 6, "scale": [1, 7], "annotator": "ada",
+         "seconds": 6.5},
+        {"prompt": "The film was", "completion": " awful.", "score": 4, "scale": [1, 7], "annotator": "ada",
+         "seconds": 3.75},
+        {"prompt": "I think", "completion": " so.", "score": None, "scale": [1, 7], "skipped": True,
+         "annotator": "ada", "seconds": 1.75},
+    ]
+    assert path.read_bytes().count(b"\n") == 3  # one line per submission
+
+
+def test_score_widget_checks_and_resumes(tmp_path):
+    from rlhf_lab.widget import ScoreWidget
+
+    scorer = ScoreWidget(TEXTS, tmp_path / "a.jsonl", annotator="ada", keyboard=False, scale=(2, 6))
+    with pytest.raises(LabError, match="choose a score from 2 to 6"):
+        scorer.submit()
+    with pytest.raises(LabError, match="no score 7 on this scale: 2 .worst. to 6"):
+        scorer.choose(7)
+    scorer.clear()
+    assert "Nothing to clear" in scorer._status.value
+    scorer.choose(5)
+    scorer.submit()
+    again = ScoreWidget(TEXTS, tmp_path / "a.jsonl", annotator="ada", keyboard=False, scale=(2, 6))
+    assert again.current_item == TEXTS[1] and again.progress_text == "1 of 3 scored, 0 skipped"
+    other = ScoreWidget(TEXTS, tmp_path / "a.jsonl", annotator="bo", keyboard=False, scale=(2, 6))
+    assert other.current_item == TEXTS[0]  # one file, two learners: each scores every text
+    shown = ScoreWidget([{"prompt": "<b>", "completion": "<script>x</script>"}], tmp_path / "b.jsonl", keyboard=False)
+    assert "&lt;script&gt;" in shown._card.value and "<script>" not in shown._card.value
+    with pytest.raises(LabError, match="does not fit the keys 1-9"):
+        ScoreWidget(TEXTS, tmp_path / "c.jsonl", scale=(0, 10))
+    with pytest.raises(LabError, match="item 0 must be a dict"):
+        ScoreWidget([{"prompt": "p", "completions": ["a", "b"]}], tmp_path / "c.jsonl")
+
+
+def test_ranking_widget_records_seconds_and_shares_a_class_file(tmp_path):
+    from rlhf_lab.scores import LabelStore
+    from rlhf_lab.widget import ScoreWidget
+
+    store = LabelStore(tmp_path / "class.jsonl")
+    ScoreWidget(TEXTS, store, annotator="ada", keyboard=False).skip()  # a score record in the same file
+    ranker = RankingWidget(ITEMS, store, annotator="ada", keyboard=False, clock=FakeClock(0, 0, 12.5, 12.5))
+    for i in (3, 1, 0):
+        ranker.click(i)
+    ranker.submit()
+    ranking = store.rankings("ada")[0]
+    assert ranking["ranking"] == [3, 1, 0, 2] and ranking["seconds"] == 12.5
+    bo = RankingWidget(ITEMS, store, annotator="bo", keyboard=False)
+    assert bo.current_item == ITEMS[0]  # ada's ranking is hers: bo ranks the item too
+    bo.click(0)
+    bo.click(1)
+    bo.click(2)
+    assert bo.submit()["annotator"] == "bo" and len(store.rankings()) == 2 and len(store.scores()) == 1
