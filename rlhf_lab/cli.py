@@ -30,7 +30,7 @@ import time
 import warnings
 from pathlib import Path
 
-from . import config_file, gold, tracking
+from . import config_file, distributed, gold, tracking
 from .config_args import add_config_args, add_field_option, config_from_args, flag_of
 from .utils import (PACKAGE_DIR, PRECISIONS, ConfigError, LabError, autocast_dtype, config_to_dict, pick_device,
                     read_json, save_config, set_precision, set_seed, short_path)
@@ -401,6 +401,8 @@ def stage_sft(out: Path, cfg, resume: bool) -> dict:
     if (path / RESULT_FILE).is_file():
         raise LabError(f"{short_path(out)} already holds a run; pass --resume to continue it, or choose another --out.")
     result = train_sft(cfg, out_dir=path, progress=True)
+    if not distributed.is_main():  # train_sft saved the adapter in the main process; the rest is its too
+        return result.summary()
     if result.out_dir is None:
         save_sft(result, path)
     _write_jsonl(result.history, path.parent / "metrics.jsonl")
@@ -472,7 +474,11 @@ def stage_rm(out: Path, cfg, args, resume: bool) -> dict:
     norm = result.reward_model.normalise_on(samples) | {"prompts": data or "tiny"}
     metrics = result.metrics | {"normalisation": norm, "train_pairs": len(result.train_pairs),
                                 "eval_pairs": len(result.eval_pairs), "seconds": time.time() - start}
-    save_reward_model(result.reward_model, path, cfg, metrics)
+    if distributed.is_main():  # one process writes; the others wait for the file they will read
+        save_reward_model(result.reward_model, path, cfg, metrics)
+    distributed.barrier()
+    if not distributed.is_main():
+        return metrics
     _write_jsonl(result.history, path.parent / "metrics.jsonl")
     _save_figure(plot_history(result.history), out / "plots" / "reward_model_accuracy.png")
     print(f"[rm] held-out accuracy vs the gold labeler {metrics['gold_accuracy']:.1%} on "
@@ -499,6 +505,8 @@ def stage_ppo(out: Path, cfg, args, resume: bool):
                               model=base, reward="rm", device=args.device)
     trainer = build_trainer(cfg, out_dir=ppo_dir, resume=resume, progress=True)
     result = run_ppo(trainer, progress=True)
+    if not distributed.is_main():  # the evaluation, the files and the figure are the main process's
+        return result.summary, trainer
     kl_target = cfg.kl_target if cfg.adaptive_kl and cfg.algo != "grpo" else None
     _save_figure(plot_history(result.history, kl_target=kl_target), out / "plots" / f"{cfg.algo}_training.png")
     s = result.summary
@@ -528,6 +536,8 @@ def stage_dpo(out: Path, cfg, args, resume: bool) -> dict:
     train, held_out = reward_model_split(reward_path, pipeline.rankings_path(out))
     trainer, reward = build_dpo_trainer(cfg, train, held_out, out_dir=dpo_dir, resume=resume, progress=True)
     result = run_dpo(trainer, reward, progress=True)
+    if not distributed.is_main():  # the evaluation, the files and the figure are the main process's
+        return result.summary
     _save_figure(plot_history(result.history), out / "plots" / "dpo_training.png")
     s = result.summary
     pairs = (f"held-out pairs ordered as gold orders them {s['heldout_gold_accuracy']:.1%} "
@@ -662,21 +672,25 @@ def run_pipeline(args) -> dict:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.resume and (out / "01_sft").exists():
         raise LabError(f"{out} already holds a run; pass --resume to continue it, or choose another --out.")
+    distributed.barrier()  # under accelerate launch: every process has looked before any makes a folder
     configs = _stage_configs(args)
     out.mkdir(parents=True, exist_ok=True)
     if args.resume:
         check_resume(args, out, configs, STAGES)
     seed = configs["ppo"].seed
     set_seed(seed)
-    _save_configs(out, configs, STAGES)
-    start_command(args, out, configs)
+    if distributed.is_main():  # under accelerate launch one process writes (rlhf_lab/distributed.py)
+        _save_configs(out, configs, STAGES)
+        start_command(args, out, configs)
     start = time.time()
     device = pick_device(args.device)
     summary = {"model": configs["sft"].model, "seed": seed, "fast": bool(args.fast), "resumed": bool(args.resume),
                "device": str(device), "precision": "bf16" if autocast_dtype(device) is not None else "fp32",
+               "world_size": distributed.world_size(),  # processes under accelerate launch (1: not launched)
                "gold_reference": gold.get_reference(), "command": " ".join(["rlhf-lab"] + sys.argv[1:])}
     summary["sft"] = stage_sft(out, configs["sft"], args.resume)
-    summary["rankings"] = stage_rank(out, configs["rank"], args.device)
+    with distributed.main_process_first():  # the main process ranks; the others then find the file
+        summary["rankings"] = stage_rank(out, configs["rank"], args.device)
     rm = stage_rm(out, configs["rm"], args, args.resume)
     summary["reward_model"] = {"heldout_accuracy": rm["gold_accuracy"], **{k: v for k, v in rm.items()
                                                                           if isinstance(v, (int, float))}}
@@ -688,6 +702,9 @@ def run_pipeline(args) -> dict:
         ppo_dir = out / pipeline.rl_dir(configs["ppo"].algo)
         cfg = dataclasses.replace(configs["ppo"], **read_json(ppo_dir / "ppo_config.json", "PPO config"))
         trainer = build_trainer(cfg, out_dir=ppo_dir, resume=True, progress=False)
+    if not distributed.is_main():  # the report is the main process's
+        distributed.barrier()
+        return summary
     samples = before_after_samples(out, trainer, n_prompts=16 if args.fast else 64, seed=seed)
     summary["lengths"] = sample_lengths(summary["sft"], ppo, configs["ppo"].max_new_tokens)
     summary["seconds"] = time.time() - start
@@ -696,6 +713,7 @@ def run_pipeline(args) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     report = write_report(out, summary, samples)
     print(f"\ndone in {summary['seconds']:.0f} s: {short_path(report)}, {short_path(out / 'summary.json')}")
+    distributed.barrier()
     return summary
 
 
@@ -722,12 +740,17 @@ def run_stage(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.resume:
         check_resume(args, out, configs, (stage,))
-    _save_configs(out, configs, (stage,))
-    start_command(args, out, configs)
+    if stage == "iterate" and distributed.world_size() > 1:
+        raise LabError("`rlhf-lab iterate` runs in one process; under accelerate launch the lab runs run, sft, rank, "
+                       "rm, ppo (--algo ppo, rloo, grpo) and dpo. Start it without accelerate launch.")
+    if distributed.is_main():  # under accelerate launch one process writes (rlhf_lab/distributed.py)
+        _save_configs(out, configs, (stage,))
+        start_command(args, out, configs)
     if stage == "sft":
         stage_sft(out, configs["sft"], args.resume)
     elif stage == "rank":
-        stage_rank(out, configs["rank"], args.device)
+        with distributed.main_process_first():  # the main process ranks; the others then find the file
+            stage_rank(out, configs["rank"], args.device)
     elif stage == "rm":
         stage_rm(out, configs["rm"], args, args.resume)
     elif stage == "ppo":
@@ -816,6 +839,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if getattr(args, "precision", None) is not None:
                 set_precision(args.precision)
+            if getattr(args, "device", None) == "cpu":  # under accelerate launch: CPU processes (gloo)
+                distributed.set_cpu(True)
+            distributed.quiet_other_processes()  # under accelerate launch one process prints
+            if distributed.launch_problem():
+                warnings.warn(distributed.launch_problem(), stacklevel=1)
             # gold judges fluency against the tiny corpus in the tiny world, by English rules elsewhere
             gold.set_reference(gold.reference_for(getattr(args, "data", None)))
             if args.command == "run":

@@ -43,11 +43,11 @@ from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from . import tracking
+from . import distributed, tracking
 from .config_args import Count, Device, OneOf, Positive, Range, Seed, Whole, check_config
 from .ppo_math import dpo_loss, implicit_rewards, logprobs_from_logits, pairwise_accuracy
-from .trunk import (POLICY, add_policy_adapter, build_trunk, forward_response, parameter_memory, save_adapter,
-                    use_adapter)
+from .trunk import (POLICY, ResponseForward, add_policy_adapter, build_trunk, forward_response, parameter_memory,
+                    save_adapter, use_adapter)
 from .utils import (LabError, config_to_dict, pick_device, reading_saved, replacing_folder, rng_states, save_config,
                     saved_folder, set_rng_states, set_seed, write_torch)
 
@@ -172,6 +172,11 @@ def sequence_logps(model, batch: dict) -> torch.Tensor:
     """log pi(y|x) of each response, summed over its tokens (EOS included), with whichever adapter is
     active; # (B,). Gradients flow unless the caller is in no_grad."""
     logits, _ = forward_response(model, batch["input_ids"], batch["attention_mask"], batch["query_length"])
+    return summed_logps(logits, batch)
+
+
+def summed_logps(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    """The responses' log-probs # (B,) from their logits # (B, T, V), summed over each one's tokens."""
     logprobs = logprobs_from_logits(logits, batch["response"])                              # (B, T)
     return torch.where(batch["mask"].bool(), logprobs, torch.zeros_like(logprobs)).sum(1)   # (B,)
 
@@ -217,6 +222,9 @@ class DPOTrainer:
         if not self.params or not all(f".{POLICY}." in n for n, p in model.named_parameters() if p.requires_grad):
             raise LabError("internal: only the policy adapter's weights may train.")
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr)
+        # under accelerate launch each process takes its slice of every batch's pairs and DDP all-reduces the
+        # adapter's gradients (distributed.py); one process: ddp is None, nothing changes
+        self.ddp = distributed.prepare(ResponseForward(model))
 
         self.train_pairs = fit_pairs(train_pairs, tokenizer, cfg.max_length, "training pairs")
         texts, self.chosen_idx, self.rejected_idx = _unique_texts(self.train_pairs)
@@ -255,13 +263,22 @@ class DPOTrainer:
 
         cfg = self.cfg
         start = time.perf_counter()
-        rows = self.batches[self.step_count]
+        rows = all_rows = self.batches[self.step_count]
+        weight = 1.0  # this process's share of the batch's pairs
+        if self.ddp is not None:
+            rows = distributed.shard(all_rows)
+            weight = len(rows) / len(all_rows)
+            rows = rows or all_rows[:1]  # fewer pairs than processes: a pass that adds nothing (weight 0)
         needed = sorted({self.chosen_idx[i] for i in rows} | {self.rejected_idx[i] for i in rows})
         where = {t: n for n, t in enumerate(needed)}
         batch = collate_responses([self.texts[t] for t in needed], self.tokenizer.pad_token_id, self.device)
         with torch.no_grad(), use_adapter(self.model, None):
             ref_logps = sequence_logps(self.model, batch)                     # (U,) U distinct texts
-        logps = sequence_logps(self.model, batch)                             # (U,) with gradients
+        if self.ddp is None:
+            logps = sequence_logps(self.model, batch)                         # (U,) with gradients
+        else:  # the same pass through DDP, which all-reduces the gradients in the backward pass
+            logps = summed_logps(self.ddp(batch["input_ids"], batch["attention_mask"], batch["query_length"])[0],
+                                 batch)
         chosen = torch.tensor([where[self.chosen_idx[i]] for i in rows], device=self.device)      # (N,)
         rejected = torch.tensor([where[self.rejected_idx[i]] for i in rows], device=self.device)  # (N,)
         loss = dpo_loss(logps[chosen], logps[rejected], ref_logps[chosen], ref_logps[rejected], cfg.beta,
@@ -270,7 +287,10 @@ class DPOTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.ddp is None:
+            loss.backward()
+        else:  # the slice's mean, weighted by its share of the pairs (DDP averages over the processes)
+            distributed.backward(loss * distributed.share(weight, 1.0), self.ddp)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         stop_if_diverged("DPO", self.step_count + 1, self.total_steps, loss=loss, grad_norm=grad_norm,
                          advice="try a lower lr (--dpo-lr) or a larger beta (--dpo-beta).")
@@ -282,7 +302,7 @@ class DPOTrainer:
         seconds = time.perf_counter() - start
         metrics = {
             "step": self.step_count,
-            "pairs": len(rows),
+            "pairs": len(all_rows),
             "loss": loss.item(),
             "accuracy": pairwise_accuracy(chosen_rewards, rejected_rewards).item(),  # vs the annotators' labels
             "margin": (chosen_rewards - rejected_rewards).mean().item(),  # implicit reward units (beta nats)
@@ -291,8 +311,11 @@ class DPOTrainer:
             "grad_norm": grad_norm.item(),
             "lr": lr,
             "seconds": seconds,
-            "pairs_per_second": len(rows) / seconds,
+            "pairs_per_second": len(all_rows) / seconds,
         }
+        if self.ddp is not None:  # the batch's means: each process's share, summed
+            metrics |= distributed.reduce_metrics({k: metrics[k] * weight for k in ("loss", "accuracy", "margin",
+                                                                                 "chosen_reward", "rejected_reward")})
         if self.eval_pairs is not None and (self.step_count % cfg.eval_every == 0
                                             or self.step_count == self.total_steps):
             metrics |= {f"eval_{k}": v for k, v in self.evaluate_pairs().items() if not k.startswith("n_")}
@@ -303,7 +326,7 @@ class DPOTrainer:
         """Into the history, and a line of metrics.jsonl."""
         self.history.append(metrics)
         tracking.log("dpo", metrics, metrics.get("step", self.step_count))
-        if self.out_dir is not None:
+        if self.out_dir is not None and distributed.is_main():  # one process writes (distributed.py)
             self.out_dir.mkdir(parents=True, exist_ok=True)
             with open(self.out_dir / METRICS_FILE, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
@@ -348,7 +371,7 @@ class DPOTrainer:
         if not self.history and self.eval_pairs is not None:
             self._record({"step": 0} | {f"eval_{k}": v for k, v in self.evaluate_pairs().items()
                                         if not k.startswith("n_")})
-        bar = tqdm(total=steps, initial=self.step_count, desc="DPO", disable=not progress)
+        bar = tqdm(total=steps, initial=self.step_count, desc="DPO", disable=not progress or not distributed.is_main())
         while self.step_count < steps:
             metrics = self.step()
             bar.update(1)
@@ -366,8 +389,11 @@ class DPOTrainer:
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         """The policy adapter (peft format), optimizer, step, history and RNG states, replaced whole
-        (utils.replacing_folder: a kill during the save leaves the previous checkpoint)."""
+        (utils.replacing_folder: a kill during the save leaves the previous checkpoint). Under accelerate
+        launch the main process writes it."""
         path = Path(path) if path is not None else self.out_dir / CHECKPOINT_DIR
+        if not distributed.is_main():
+            return path
         with replacing_folder(path) as tmp:
             save_adapter(self.model, POLICY, tmp / "policy")
             write_torch({"step": self.step_count, "history": self.history, "optimizer": self.optimizer.state_dict(),
@@ -400,7 +426,7 @@ class DPOTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step_count, self.history = state["step"], state["history"]
         set_rng_states(state["rng"])
-        if self.out_dir is not None:  # metrics.jsonl as it was at the checkpoint: no steps counted twice
+        if self.out_dir is not None and distributed.is_main():  # metrics.jsonl as it was at the checkpoint
             with open(self.out_dir / METRICS_FILE, "w") as f:
                 f.writelines(json.dumps(m) + "\n" for m in self.history)
         return True
@@ -458,13 +484,15 @@ def build_dpo_trainer(cfg: DPOConfig, train_pairs=None, eval_pairs=None, out_dir
     if trainer.out_dir is not None:
         trainer.out_dir.mkdir(parents=True, exist_ok=True)
         resumed = resume and trainer.load_checkpoint()
-        if not resumed:  # a fresh run: no metrics of an earlier one may stay in the folder
+        if not resumed and distributed.is_main():  # a fresh run: no metrics of an earlier one may stay
             (trainer.out_dir / METRICS_FILE).unlink(missing_ok=True)
             shutil.rmtree(trainer.out_dir / CHECKPOINT_DIR, ignore_errors=True)
-        save_config(cfg, trainer.out_dir / CONFIG_FILE)
-        if resumed and progress:
+        if distributed.is_main():
+            save_config(cfg, trainer.out_dir / CONFIG_FILE)
+        if resumed and progress and distributed.is_main():
             print(f"resumed from {trainer.out_dir / CHECKPOINT_DIR} at step {trainer.step_count} of "
                   f"{trainer.total_steps}")
+        distributed.barrier()  # every process has read the checkpoint before the main one writes the next
     trainer.build_seconds = time.time() - start_time
     return trainer, reward
 
@@ -500,7 +528,8 @@ def run_dpo(trainer: DPOTrainer, reward=None, callback=None, progress: bool = Tr
         for key in ("loss", "accuracy", "margin", "gold_accuracy"):
             result.summary[f"heldout_{key}_before"] = evals[0][f"eval_{key}"]
             result.summary[f"heldout_{key}"] = evals[-1][f"eval_{key}"]
-    if evaluate:
+    # the held-out comparison and the files: the main process alone (the others wait at the barrier)
+    if evaluate and distributed.is_main():
         prompts = load_prompts(cfg.prompts, "validation", limit=cfg.eval_prompts)["prompt"]
         scores, result.samples = compare_with_sft(
             trainer.model, trainer.tokenizer, prompts, POLICY, name="dpo", reward=reward, seed=cfg.seed,
@@ -508,9 +537,10 @@ def run_dpo(trainer: DPOTrainer, reward=None, callback=None, progress: bool = Tr
             config="DPOConfig")
         result.summary |= scores
     result.summary["seconds"] = trainer.build_seconds + time.time() - start_time
-    if trainer.out_dir is not None:
+    if trainer.out_dir is not None and distributed.is_main():
         trainer.save()
         (trainer.out_dir / RESULT_FILE).write_text(json.dumps(result.summary, indent=2) + "\n")
+    distributed.barrier()
     return result
 
 

@@ -44,6 +44,10 @@ of each prompt in a batch and no value head. Only step 2 and the loss differ:
 each response's advantage goes to every one of its tokens, into PPO's clipped policy_loss.
 The trunk (sampling, the forward pass, adapters) is in trunk.py, the held-out comparisons in
 evaluation.py, the figures in rl_plots.py; their names are imported here too, for the notebooks.
+
+Under `accelerate launch` (distributed.py) each process samples its share of every batch; the batch is
+gathered before step 2, each process takes its share of every minibatch, and DDP all-reduces the gradients
+of the adapter and the value head: the step one process takes on the same batch, in less time.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from . import tracking
+from . import distributed, tracking
 from .config_args import (Count, Device, Finite, Fraction, NonNegative, OneOf, Positive, Range, Seed,
                           check_config)
 from .evaluation import compare_with_sft, evaluate_samples, rng_kept, sample_models  # noqa: F401 (re-exported)
@@ -86,8 +90,9 @@ from .ppo_math import (
     value_loss,
 )
 from .rl_plots import LivePlot, plot_diagnostics, plot_history, plot_kl_tradeoff  # noqa: F401 (re-exported)
-from .trunk import (POLICY, REWARD, add_policy_adapter, build_trunk, causal_lm, forward_response,  # noqa: F401
-                    parameter_memory, sample_from, sample_responses, save_adapter, use_adapter, use_fused_gelu)
+from .trunk import (POLICY, REWARD, ResponseForward, add_policy_adapter, build_trunk, causal_lm,  # noqa: F401
+                    forward_response, parameter_memory, sample_from, sample_responses, save_adapter, use_adapter,
+                    use_fused_gelu)
 from .utils import (ConfigError, LabError, TrainingDiverged, config_to_dict, pick_device, reading_saved,
                     replacing_folder, rng_states, save_config, saved_folder, set_rng_states, set_seed, write_torch)
 
@@ -322,6 +327,35 @@ class Batch:
     scores: torch.Tensor           # (B,) normalised, with no_eos_score for unfinished responses
 
 
+def pad_rollout(rollout: Rollout, query_length: int, response_length: int, pad_token_id: int) -> Rollout:
+    """The same rollout in a wider layout: queries left-padded to query_length, responses right-padded to
+    response_length (masks 0 on the new padding). Under accelerate launch every process pads its slice to
+    the longest of all, so that the slices stack into the batch one process would have made."""
+    query_pad, response_pad = query_length - rollout.query.shape[1], response_length - rollout.response.shape[1]
+    return Rollout(torch.nn.functional.pad(rollout.query, (query_pad, 0), value=pad_token_id),
+                   torch.nn.functional.pad(rollout.query_mask, (query_pad, 0), value=0),
+                   torch.nn.functional.pad(rollout.response, (0, response_pad), value=pad_token_id),
+                   torch.nn.functional.pad(rollout.response_mask, (0, response_pad), value=0),
+                   rollout.ended)
+
+
+def gather_batch(batch: Batch) -> Batch:
+    """Every process's Batch (each in the same layout: pad_rollout) as one, in rank order, in every process:
+    tensors through distributed.gather, texts through gather_object. One process: `batch` itself."""
+    if distributed.world_size() == 1:
+        return batch
+    parts = {}
+    for f in fields(Batch):
+        value = getattr(batch, f.name)
+        if isinstance(value, torch.Tensor):
+            parts[f.name] = distributed.gather(value)
+        elif isinstance(value, list):
+            parts[f.name] = distributed.gather_object(value)
+        else:  # query_length, the same in every process; values None (rloo and grpo have no value head)
+            parts[f.name] = value
+    return Batch(**parts)
+
+
 class PPOTrainer:
     """PPO (or RLOO, GRPO: cfg.algo) on one shared trunk. `step()` runs one update and returns its
     metrics; `train()` runs all.
@@ -376,6 +410,14 @@ class PPOTrainer:
         self.build_seconds = 0.0  # set by build_trainer: loading the trunk, adapters and reward
         self.minibatch_stats: list[dict] = []  # the last step's stats, one dict per minibatch
         self._prompt_orders: dict[int, list[int]] = {}
+        # under accelerate launch (distributed.py): each process samples batch_size / N episodes with a
+        # generator of its own and takes minibatch_size / N episodes of each minibatch; DDP all-reduces the
+        # gradients of the policy's adapter and the value head. One process: ddp is None, nothing changes.
+        for name in ("batch_size", "minibatch_size"):
+            distributed.check_divisible(getattr(cfg, name), name, "PPOConfig")
+        self.sampling_rng = distributed.RankGenerator(cfg.seed)
+        self.response_forward = ResponseForward(model, self.value_head)
+        self.ddp = distributed.prepare(self.response_forward)
 
     # --- rollouts ----------------------------------------------------------------------------------
 
@@ -398,7 +440,7 @@ class PPOTrainer:
     def sample(self, prompts: list[str], adapter: str | None = POLICY) -> tuple[Rollout, list[str]]:
         """Sample one response per prompt (policy by default; None: the reference) with the KV cache."""
         check_fits(self.model, self.tokenizer, prompts, self.cfg.max_new_tokens, config="PPOConfig")
-        with use_adapter(self.model, adapter):
+        with use_adapter(self.model, adapter), self.sampling_rng.sampling():  # each process draws its own
             rollout = sample_responses(self.model, self.tokenizer, prompts, self.cfg.max_new_tokens,
                                        self.cfg.temperature)
         return rollout, decode_responses(self.tokenizer, rollout)
@@ -417,11 +459,15 @@ class PPOTrainer:
         g = torch.Generator().manual_seed(self.cfg.seed + 7)  # prompts of their own, not the training order
         order = torch.randperm(len(self.prompts), generator=g).tolist()
         n = self.cfg.norm_episodes
-        for start in range(0, n, self.cfg.batch_size):
-            prompts = [self.prompts[order[i % len(order)]] for i in range(start, min(n, start + self.cfg.batch_size))]
+        mine = distributed.shard([self.prompts[order[i % len(order)]] for i in range(n)])  # this process's share
+        chunk = self.cfg.batch_size // distributed.world_size()
+        for start in range(0, len(mine), chunk):
+            prompts = mine[start:start + chunk]
             rollout, completions = self.sample(prompts)
             scores.append(self.reward.score(prompts, completions, rollout).float().cpu())
         scores = torch.cat(scores)  # (n,)
+        if distributed.world_size() > 1:  # every process's scores, in order
+            scores = torch.tensor(distributed.gather_object(scores.tolist()), dtype=torch.float32)  # (n,)
         self._stop_if_not_finite(scores, f"the reward's scores ({self.reward.name}) of the initial policy's "
                                  "samples", "Check the reward function (a division by zero? a log of 0?).",
                                  when="before training, fitting the score normalisation")
@@ -435,9 +481,18 @@ class PPOTrainer:
 
     @torch.no_grad()
     def rollout(self, prompts: list[str]) -> Batch:
-        """Sample with the policy, then one no-grad pass each of policy, reference and reward model."""
+        """Sample with the policy, then one no-grad pass each of policy, reference and reward model.
+
+        Under accelerate launch each process does this for its slice of `prompts` (distributed.shard), in
+        one layout for all (the longest query and response of any process), and the slices are gathered
+        into the whole batch, in the order of `prompts`, in every process: what follows sees the batch that
+        one process would have sampled."""
         cfg = self.cfg
+        prompts = distributed.shard(prompts)
         rollout, completions = self.sample(prompts)
+        if distributed.world_size() > 1:
+            lengths = distributed.max_across(rollout.query.shape[1], rollout.response.shape[1])
+            rollout = pad_rollout(rollout, *lengths, self.tokenizer.pad_token_id)
         Tq = rollout.query.shape[1]
         input_ids = torch.cat([rollout.query, rollout.response], dim=1)                  # (B, Tq + T)
         attention_mask = torch.cat([rollout.query_mask, rollout.response_mask], dim=1)   # (B, Tq + T)
@@ -458,8 +513,8 @@ class PPOTrainer:
         if cfg.no_eos_score is not None:
             # a response cut off by max_new_tokens gets a fixed low score (Ziegler et al. 2019: -1)
             scores = torch.where(rollout.ended, scores, torch.full_like(scores, cfg.no_eos_score))
-        return Batch(prompts, completions, input_ids, attention_mask, Tq, rollout.response, mask,
-                     rollout.ended, logprobs, ref_logprobs, values, entropy, raw_scores, scores)
+        return gather_batch(Batch(prompts, completions, input_ids, attention_mask, Tq, rollout.response, mask,
+                                  rollout.ended, logprobs, ref_logprobs, values, entropy, raw_scores, scores))
 
     # --- one PPO update ----------------------------------------------------------------------------
 
@@ -480,46 +535,11 @@ class PPOTrainer:
         # 2. rewards and advantages ------------------------------------------------------------------
         kl_coef = self.kl_ctl.value
         kl_in_reward = 0.0 if cfg.algo == "grpo" else kl_coef  # GRPO's KL is a loss term instead
-        rewards, kl = kl_shaped_rewards(batch.scores, batch.logprobs, batch.ref_logprobs, mask, kl_in_reward,
-                                        cfg.kl_kind)                                   # (B, T), (B, T)
-        returns = None
-        if cfg.algo == "ppo":
-            advantages, returns = gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)    # (B, T), (B, T)
-            if cfg.whiten_advantages:
-                advantages = masked_whiten(advantages, mask)                           # (B, T)
-        else:
-            sequence_rewards = rewards.sum(1)  # (B,) rloo: score - beta * summed KL; grpo: the score
-            k = cfg.samples_per_prompt
-            advantages = (rloo_advantages(sequence_rewards, k) if cfg.algo == "rloo"
-                          else grpo_advantages(sequence_rewards, k, cfg.group_std))   # (B,)
-            # the same advantage for every token of a response (Shao et al. 2024: outcome supervision)
-            advantages = torch.where(mask.bool(), advantages[:, None], torch.zeros_like(rewards))  # (B, T)
+        kl, advantages, returns = self.advantages(batch, kl_coef)                      # (B, T) each
 
         # 3. ppo_epochs passes over shuffled minibatches ----------------------------------------------
         update_start = time.perf_counter()
-        self.minibatch_stats = []
-        for epoch in range(cfg.ppo_epochs):
-            b_inds = torch.randperm(B, device=self.device)
-            for mb_start in range(0, B, cfg.minibatch_size):
-                mb_inds = b_inds[mb_start:mb_start + cfg.minibatch_size]
-                self.optimizer.zero_grad(set_to_none=True)
-                # Gradient accumulation: the losses are means over the minibatch's tokens, so each
-                # micro-batch's mean enters with its share of those tokens (1 without micro-batches).
-                mb_tokens = mask[mb_inds].sum()
-                parts = []
-                for inds in mb_inds.split(cfg.micro_batch_size or cfg.minibatch_size):
-                    share = mask[inds].sum() / mb_tokens
-                    loss, stats = self._loss(batch, inds, advantages, returns, kl_coef, epoch)
-                    (loss * share).backward()
-                    parts.append((share.item(), {k: v.item() for k, v in stats.items()}))
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                # an optimizer step on a NaN gradient would make every weight NaN: stop before it
-                self._stop_if_not_finite(grad_norm, "the gradient norm", BLOW_UP_ADVICE,
-                                         where=f", {self.name} epoch {epoch + 1}")
-                self.optimizer.step()
-                stats = {k: sum(w * p[k] for w, p in parts) for k in parts[0][1]}  # token-weighted means
-                stats["ratio_max"] = max(p["ratio_max"] for _, p in parts)
-                self.minibatch_stats.append({"epoch": epoch, "grad_norm": grad_norm.item()} | stats)
+        self.update(batch, advantages, returns, kl_coef)
         update_seconds = time.perf_counter() - update_start
 
         # 4. the KL controller -----------------------------------------------------------------------
@@ -572,11 +592,76 @@ class PPOTrainer:
         }
         self.history.append(metrics)
         tracking.log(cfg.algo, metrics, self.step_count)
-        if self.out_dir is not None:
+        if self.out_dir is not None and distributed.is_main():  # one process writes (distributed.py)
             self.out_dir.mkdir(parents=True, exist_ok=True)
             with open(self.out_dir / METRICS_FILE, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
         return metrics
+
+    def advantages(self, batch: Batch, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(kl, advantages, returns) # (B, T) each, of the whole batch: the per-token KL to the reference,
+        cfg.algo's advantages, and PPO's returns (None for rloo and grpo). kl_coef: beta for this batch."""
+        cfg, mask = self.cfg, batch.mask
+        kl_in_reward = 0.0 if cfg.algo == "grpo" else kl_coef  # GRPO's KL is a loss term instead
+        rewards, kl = kl_shaped_rewards(batch.scores, batch.logprobs, batch.ref_logprobs, mask, kl_in_reward,
+                                        cfg.kl_kind)                                   # (B, T), (B, T)
+        returns = None
+        if cfg.algo == "ppo":
+            advantages, returns = gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)    # (B, T), (B, T)
+            if cfg.whiten_advantages:
+                advantages = masked_whiten(advantages, mask)                           # (B, T)
+        else:
+            sequence_rewards = rewards.sum(1)  # (B,) rloo: score - beta * summed KL; grpo: the score
+            k = cfg.samples_per_prompt
+            advantages = (rloo_advantages(sequence_rewards, k) if cfg.algo == "rloo"
+                          else grpo_advantages(sequence_rewards, k, cfg.group_std))   # (B,)
+            # the same advantage for every token of a response (Shao et al. 2024: outcome supervision)
+            advantages = torch.where(mask.bool(), advantages[:, None], torch.zeros_like(rewards))  # (B, T)
+        return kl, advantages, returns
+
+    def update(self, batch: Batch, advantages: torch.Tensor, returns: torch.Tensor | None, kl_coef: float) -> None:
+        """cfg.ppo_epochs passes over shuffled minibatches of the batch, one optimizer step each; their stats
+        go to self.minibatch_stats.
+
+        Under accelerate launch every process holds the whole batch (rollout gathers it) and takes its slice
+        of each minibatch; its loss enters with its share of the minibatch's tokens, and DDP all-reduces the
+        gradients: the same step as one process on the same minibatch (tests/test_distributed.py).
+        """
+        cfg, mask = self.cfg, batch.mask
+        B = mask.shape[0]
+        self.minibatch_stats = []
+        for epoch in range(cfg.ppo_epochs):
+            # every process draws the same order from the global generator; the main process's is sent
+            # all the same, so that no stray draw in one process can split them
+            b_inds = distributed.broadcast(torch.randperm(B, device=self.device))
+            for mb_start in range(0, B, cfg.minibatch_size):
+                mb_inds = b_inds[mb_start:mb_start + cfg.minibatch_size]
+                self.optimizer.zero_grad(set_to_none=True)
+                # Gradient accumulation: the losses are means over the minibatch's tokens, so each
+                # micro-batch's mean enters with its share of those tokens (1 without micro-batches).
+                mb_tokens = mask[mb_inds].sum()
+                parts = []
+                micro_batches = distributed.shard(mb_inds).split(cfg.micro_batch_size or cfg.minibatch_size)
+                for i, inds in enumerate(micro_batches):
+                    share = mask[inds].sum() / mb_tokens
+                    # DDP averages the processes' gradients, where the minibatch's loss is their sum; only the
+                    # last micro-batch's backward all-reduces (the earlier ones accumulate)
+                    scale = share if self.ddp is None else share * distributed.world_size()
+                    with distributed.no_sync(self.ddp, sync=i == len(micro_batches) - 1):
+                        loss, stats = self._loss(batch, inds, advantages, returns, kl_coef, epoch)
+                        distributed.backward(loss * scale, self.ddp)
+                    parts.append((share.item(), {k: v.item() for k, v in stats.items()}))
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                # an optimizer step on a NaN gradient would make every weight NaN: stop before it
+                self._stop_if_not_finite(grad_norm, "the gradient norm", BLOW_UP_ADVICE,
+                                         where=f", {self.name} epoch {epoch + 1}")
+                self.optimizer.step()
+                stats = {k: sum(w * p[k] for w, p in parts) for k in parts[0][1]}  # token-weighted means
+                stats["ratio_max"] = max(p["ratio_max"] for _, p in parts)
+                if self.ddp is not None:  # each process's share of the minibatch's means: their sum, and the max
+                    stats = distributed.reduce_metrics(stats) | distributed.reduce_metrics(
+                        {"ratio_max": stats["ratio_max"]}, "max")
+                self.minibatch_stats.append({"epoch": epoch, "grad_norm": grad_norm.item()} | stats)
 
     def _loss(self, batch: Batch, inds: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor | None,
               kl_coef: float, epoch: int) -> tuple[torch.Tensor, dict]:
@@ -584,8 +669,9 @@ class PPOTrainer:
         loss for every algo, plus vf_coef * the clipped value loss (ppo) or kl_coef * the k3 KL to the
         reference (grpo, Shao et al. 2024 eq. 3)."""
         cfg, mask = self.cfg, batch.mask[inds]
-        logits, vpred = forward_response(self.model, batch.input_ids[inds], batch.attention_mask[inds],
-                                         batch.query_length, self.value_head)  # (b, T, V), (b, T) or None
+        forward = self.ddp if self.ddp is not None else self.response_forward  # trunk.forward_response
+        logits, vpred = forward(batch.input_ids[inds], batch.attention_mask[inds],
+                                batch.query_length)  # (b, T, V), (b, T) or None
         new_logprobs = logprobs_from_logits(logits, batch.response[inds], cfg.temperature)  # (b, T)
         del logits  # (b, T, V): the backward pass does not need it; free it before
         pg_loss, pg_stats = policy_loss(new_logprobs, batch.logprobs[inds], advantages[inds], mask, cfg.clip_range)
@@ -603,7 +689,7 @@ class PPOTrainer:
             stats["kl_loss"] = kl_term
         for name, value in terms.items():
             self._stop_if_not_finite(value, name, BLOW_UP_ADVICE, where=f", {self.name} epoch {epoch + 1}")
-        return loss, {k: v.detach() for k, v in stats.items()}
+        return loss, {k: v.detach() for k, v in (stats | {"loss": loss}).items()}
 
     # --- a run that goes wrong stops, or warns, in words -------------------------------------------
 
@@ -661,7 +747,8 @@ class PPOTrainer:
         callback(metrics, trainer) runs after every update (the notebook's live plot uses it).
         """
         steps = self.cfg.steps if steps is None else steps
-        bar = tqdm(total=steps, initial=self.step_count, desc=self.name, disable=not progress)
+        bar = tqdm(total=steps, initial=self.step_count, desc=self.name,
+                   disable=not progress or not distributed.is_main())  # one bar under accelerate launch
         while self.step_count < steps:
             metrics = self.step()
             bar.update(1)
@@ -680,8 +767,16 @@ class PPOTrainer:
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         """Everything needed to continue: policy adapter (peft format), value head, optimizer, KL
         controller, score normalisation, step, history and RNG states. Written to a temporary folder
-        and then renamed, so a kill during the save leaves the previous checkpoint whole."""
+        and then renamed, so a kill during the save leaves the previous checkpoint whole.
+
+        Under accelerate launch every process calls it (each sends its sampling generator's state, so that a
+        resumed run draws what the uninterrupted one would); the main process writes."""
         path = Path(path) if path is not None else self.out_dir / CHECKPOINT_DIR
+        extra = {}
+        if distributed.world_size() > 1:
+            extra["rank_rng"] = distributed.gather_object([self.sampling_rng.state])  # one per process
+        if not distributed.is_main():
+            return path
         with replacing_folder(path) as tmp:
             save_adapter(self.model, POLICY, tmp / "policy")
             if self.value_head is not None:
@@ -697,7 +792,7 @@ class PPOTrainer:
                 "optimizer": self.optimizer.state_dict(),
                 "rng": rng_states(),
                 "config": config_to_dict(self.cfg),
-            }, tmp / "trainer_state.pt")
+            } | extra, tmp / "trainer_state.pt")
         return path
 
     def load_checkpoint(self, path: str | Path | None = None) -> bool:
@@ -733,7 +828,10 @@ class PPOTrainer:
         self.step_count = state["step"]
         self.history = state["history"]
         set_rng_states(state["rng"])
-        if self.out_dir is not None:  # metrics.jsonl as it was at the checkpoint: no steps counted twice
+        rank_rng = state.get("rank_rng")  # written under accelerate launch: each process's sampling generator
+        if rank_rng is not None and len(rank_rng) == distributed.world_size():
+            self.sampling_rng.state = rank_rng[distributed.rank()]
+        if self.out_dir is not None and distributed.is_main():  # metrics.jsonl as it was at the checkpoint
             with open(self.out_dir / METRICS_FILE, "w") as f:
                 f.writelines(json.dumps(m) + "\n" for m in self.history)
         return True
@@ -830,12 +928,14 @@ def build_trainer(cfg: PPOConfig, out_dir: str | Path | None = None, resume: boo
     if trainer.out_dir is not None:
         trainer.out_dir.mkdir(parents=True, exist_ok=True)
         resumed = resume and trainer.load_checkpoint()
-        if not resumed:  # a fresh run: no metrics of an earlier one may stay in the folder
+        if not resumed and distributed.is_main():  # a fresh run: no metrics of an earlier one may stay
             (trainer.out_dir / METRICS_FILE).unlink(missing_ok=True)
             shutil.rmtree(trainer.out_dir / CHECKPOINT_DIR, ignore_errors=True)
-        save_config(cfg, trainer.out_dir / CONFIG_FILE)
-        if resumed and progress:
+        if distributed.is_main():
+            save_config(cfg, trainer.out_dir / CONFIG_FILE)
+        if resumed and progress and distributed.is_main():
             print(f"resumed from {trainer.out_dir / CHECKPOINT_DIR} at step {trainer.step_count} of {cfg.steps}")
+        distributed.barrier()  # every process has read the checkpoint before the main one writes the next
     trainer.build_seconds = time.time() - start_time
     return trainer
 
@@ -866,14 +966,16 @@ def run_ppo(trainer: PPOTrainer, callback: Callable[[dict, PPOTrainer], None] | 
         "kl_coef_final": trainer.kl_ctl.value,
         "parameter_memory": parameter_memory(trainer.model, heads=heads),
     }
-    if evaluate:
+    # the held-out comparison and the files: the main process alone (the others wait at the barrier)
+    if evaluate and distributed.is_main():
         eval_prompts = load_prompts(cfg.prompts, "validation", limit=cfg.eval_prompts)["prompt"]
         scores, result.samples = evaluate_policy(trainer, eval_prompts, seed=cfg.seed)
         result.summary |= scores
     result.summary["seconds"] = trainer.build_seconds + time.time() - start_time
-    if trainer.out_dir is not None:
+    if trainer.out_dir is not None and distributed.is_main():
         trainer.save()
         (trainer.out_dir / RESULT_FILE).write_text(json.dumps(result.summary, indent=2) + "\n")
+    distributed.barrier()
     return result
 
 

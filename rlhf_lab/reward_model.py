@@ -40,7 +40,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from . import tracking
+from . import distributed, tracking
 from .config_args import Count, Device, Dropout, Positive, Range, Seed, Whole, check_config
 from .gold import gold_score
 from .loading import load_model, load_tokenizer
@@ -541,23 +541,35 @@ def train_reward_model(cfg: RewardConfig, pairs: datasets.Dataset, trunk=None, t
                 if name.endswith(f"lora_dropout.{ADAPTER_NAME}"):
                     module.train()
 
+    # under accelerate launch each process takes its slice of every batch's pairs and DDP all-reduces the
+    # gradients of the adapter and the head (distributed.py); one process: ddp is None, nothing changes
+    ddp = distributed.prepare(reward_model)
     training_mode()
     step = 0
-    bar = tqdm(total=total_steps, desc="reward model", disable=not progress)
+    bar = tqdm(total=total_steps, desc="reward model", disable=not progress or not distributed.is_main())
     for batches in epochs:
         for rows in batches:
+            mine, weight = rows, 1.0  # this process's pairs, and their share of the batch's
+            if ddp is not None:
+                mine = distributed.shard(rows)
+                weight = len(mine) / len(rows)
+                mine = mine or rows[:1]  # fewer pairs than processes: a pass that adds nothing (weight 0)
             # score each distinct text of the batch once, then pick the two of each pair
-            needed = sorted({chosen_idx[i] for i in rows} | {rejected_idx[i] for i in rows})
+            needed = sorted({chosen_idx[i] for i in mine} | {rejected_idx[i] for i in mine})
             where = {t: n for n, t in enumerate(needed)}
             input_ids, attention_mask = pad_batch([ids[t] for t in needed], tokenizer.pad_token_id)
-            scores = reward_model(input_ids.to(device), attention_mask.to(device))  # (U,) U distinct texts
-            chosen = scores[[where[chosen_idx[i]] for i in rows]]                   # (N,)
-            rejected = scores[[where[rejected_idx[i]] for i in rows]]               # (N,)
+            scores = (ddp if ddp is not None else reward_model)(input_ids.to(device),
+                                                                attention_mask.to(device))  # (U,) distinct texts
+            chosen = scores[[where[chosen_idx[i]] for i in mine]]                   # (N,)
+            rejected = scores[[where[rejected_idx[i]] for i in mine]]               # (N,)
             loss = pairwise_loss(chosen, rejected)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if ddp is None:
+                loss.backward()
+            else:  # the slice's mean, weighted by its share of the pairs (DDP averages over the processes)
+                distributed.backward(loss * distributed.share(weight, 1.0), ddp)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
             stop_if_diverged("The reward model", step + 1, total_steps, loss=loss, grad_norm=grad_norm,
                              advice="try a lower lr (--rm-lr).")
@@ -565,6 +577,8 @@ def train_reward_model(cfg: RewardConfig, pairs: datasets.Dataset, trunk=None, t
             step += 1
             record = {"step": step, "loss": loss.item(), "accuracy": pairwise_accuracy(chosen, rejected).item(),
                       "margin": (chosen - rejected).mean().item()}
+            if ddp is not None:  # the batch's means: each process's share, summed
+                record |= distributed.reduce_metrics({k: record[k] * weight for k in ("loss", "accuracy", "margin")})
             if len(eval) and (step % cfg.eval_every == 0 or step == total_steps):
                 record |= evaluate(step)  # scores in eval mode, then restores each module's mode
                 bar.set_postfix(loss=f"{record['loss']:.3f}", eval_acc=f"{record['eval_accuracy']:.2f}",

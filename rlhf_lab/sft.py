@@ -31,7 +31,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
-from . import tracking
+from . import distributed, tracking
 from .config_args import Count, Device, Dropout, Positive, Range, Seed, Whole, check_config
 from .loading import load_model, load_tokenizer
 
@@ -298,6 +298,7 @@ def evaluate_loss(model, tokenizer, dataset, cfg: SFTConfig, batch_size: int | N
     runs in passes of at most LOGITS_PER_PASS logit entries (a few rows with GPT-2's 50,257 tokens).
     """
     examples = examples if examples is not None else tokenize_demonstrations(dataset, tokenizer, cfg)
+    examples = distributed.shard(examples)  # under accelerate launch each process measures its share
     batch_size = batch_size or 4 * cfg.batch_size  # no gradients: larger batches fit
     V = getattr(model.config, "vocab_size", None) or len(tokenizer)
     was_training = model.training
@@ -314,6 +315,8 @@ def evaluate_loss(model, tokenizer, dataset, cfg: SFTConfig, batch_size: int | N
             count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
             del logits
     model.train(was_training)
+    if distributed.world_size() > 1:  # every process's share summed
+        total, count = distributed.reduce_sum(total), int(distributed.reduce_sum(count))
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": count}
 
@@ -398,21 +401,30 @@ def train_sft(cfg: SFTConfig, model=None, tokenizer=None, train=None, eval=None,
             return cfg.lr * (step + 1) / cfg.warmup_steps
         return cfg.lr * max(0.0, (total_steps - step) / max(1, total_steps - cfg.warmup_steps))
 
+    # under accelerate launch each process takes batch_size / N demonstrations of every batch and DDP
+    # all-reduces the adapter's gradients (distributed.py); one process: ddp is None, nothing changes
+    distributed.check_divisible(cfg.batch_size, "batch_size", "SFTConfig")
+    ddp = distributed.prepare(policy)
     order_rng = torch.Generator().manual_seed(cfg.seed)
     policy.train()
     _dropout_off_in_trunk(policy)
     step, window = 0, []
-    bar = tqdm(total=total_steps, desc="SFT", disable=not progress)
+    bar = tqdm(total=total_steps, desc="SFT", disable=not progress or not distributed.is_main())
     for _ in range(cfg.epochs):
         order = torch.randperm(len(examples), generator=order_rng).tolist()
         for i in range(0, len(order), cfg.batch_size):
-            batch = collate([examples[j] for j in order[i:i + cfg.batch_size]], tokenizer)
+            chunk = [examples[j] for j in order[i:i + cfg.batch_size]]
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
-            logits = forward_logits(policy, batch)                          # (B, T, V)
-            loss = completion_loss(logits, batch["labels"].to(logits.device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if ddp is None:
+                batch = collate(chunk, tokenizer)
+                logits = forward_logits(policy, batch)                      # (B, T, V)
+                loss = completion_loss(logits, batch["labels"].to(logits.device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                loss = sharded_backward(ddp, chunk, tokenizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
             stop_if_diverged("SFT", step + 1, total_steps, loss=loss, grad_norm=grad_norm,
                              advice="try a lower lr (--sft-lr).")
@@ -432,8 +444,24 @@ def train_sft(cfg: SFTConfig, model=None, tokenizer=None, train=None, eval=None,
                        eval_loss_before=before, eval_loss_after=history[-1]["eval_loss"],
                        seconds=time.time() - start_time, completion_tokens=completion_lengths(examples))
     if out_dir is not None:
-        result.out_dir = save_sft(result, out_dir)
+        result.out_dir = save_sft(result, out_dir) if distributed.is_main() else Path(out_dir)
+        distributed.barrier()  # the other processes read the adapter only once it is written
     return result
+
+
+def sharded_backward(ddp, chunk: list[dict], tokenizer) -> torch.Tensor:
+    """Under accelerate launch: this process's slice of a batch of build_example dicts, forward through the
+    DDP-wrapped model and backward, its loss the slice's share of the batch's mean over completion tokens
+    (so the all-reduced gradient is the one-process gradient of the whole batch). Returns that mean # ()."""
+    tokens = sum(label != IGNORE_INDEX for e in chunk for label in e["labels"][1:])  # completion_loss's count
+    mine, weight = distributed.shard(chunk), 1.0
+    if not mine:  # a last batch with fewer demonstrations than processes: a pass that adds nothing, since
+        mine, weight = chunk[:1], 0.0  # every process must take part in each all-reduce
+    batch = collate(mine, tokenizer)
+    logits = forward_logits(ddp, batch)                                              # (b, T, V)
+    loss_sum = completion_loss(logits, batch["labels"].to(logits.device), reduction="sum") * weight
+    distributed.backward(loss_sum * distributed.share(1, max(tokens, 1)), ddp)
+    return torch.tensor(distributed.reduce_sum(loss_sum.item()) / max(tokens, 1))
 
 
 def completion_lengths(examples: list[dict]) -> dict:

@@ -127,6 +127,21 @@ def forward_response(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     return logits, values
 
 
+class ResponseForward(torch.nn.Module):
+    """forward_response(model, ..., value_head) as one module: the unit that Accelerate wraps in DDP when
+    several processes train (distributed.prepare), so that the gradients of the policy's adapter and of the
+    value head are all-reduced. It holds no weights of its own: the same PeftModel and head, registered here
+    too. Rollouts, the reference and the reward model call the trunk directly, without gradients."""
+
+    def __init__(self, model, value_head: torch.nn.Module | None = None):
+        super().__init__()
+        self.model = model
+        self.value_head = value_head
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, query_length: int):
+        return forward_response(self.model, input_ids, attention_mask, query_length, self.value_head)
+
+
 def sample_from(probs: torch.Tensor) -> torch.Tensor:
     """One token per row of `probs` # (B, V), drawn by inverting the CDF with one uniform number per row.
 

@@ -85,7 +85,12 @@ def _mps_available() -> bool:
 
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:
     """"auto" picks CUDA, then Apple's MPS, then the CPU; "cpu", "cuda", "cuda:N" and "mps" are taken
-    as given, once it is clear this machine has them (a LabError that says what it has, if not)."""
+    as given, once it is clear this machine has them (a LabError that says what it has, if not).
+    Under accelerate launch, "auto" and "cuda" are this process's own device (its GPU, cuda:LOCAL_RANK)."""
+    from . import distributed
+
+    if distributed.world_size() > 1 and str(device) in ("auto", "cuda", "None"):
+        return distributed.device()
     if device is None or str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
