@@ -57,3 +57,29 @@ def test_dpo_flops_count_each_distinct_text_once():
     # GRPO with one epoch needs no old log-probs pass; RLOO needs it for the KL in its reward
     one_epoch = bench.BenchConfig(epochs=1)
     assert bench.update_flops(one_epoch, "grpo", shape) < bench.update_flops(one_epoch, "rloo", shape)
+
+
+def test_hub_scale_counts_the_default_hub_run_and_floors_small_steps():
+    """benchmarks/hub_scale.py: the default hub run's steps from the configs, and the estimate's arithmetic."""
+    bench = load("hub_scale")
+    counts = bench.default_run_counts()
+    # SFT: 2,000 demonstrations, batches of 16, 2 epochs; the held-out loss on 200 at step 0 and every 25 steps
+    assert counts["sft_steps"] == 250 and counts["sft_eval_examples"] == 11 * 200
+    assert counts["rm_steps"] == 63 * 4 and counts["ppo_updates"] == 40  # 2,000 pairs in batches of 32, 4 epochs
+    # 1,600 samples to rank, 512 to normalise the reward model, PPO's 256 and 2 x 256 to evaluate, 3 report batches
+    assert counts["sample_batches"] == 25 + 8 + 4 + 8 + 3
+    tiny = {"seconds": 1.0, "peak_gib": 1.0, "flops": 1.0}  # FLOPs that cost nothing: only the floors count
+    est = bench.estimate({k: tiny for k in ("sft_step", "sft_eval_16", "sample_64x48", "rm_step", "rm_forward_64",
+                                            "ppo_update")}, counts)
+    parts = est["parts"]
+    assert parts["SFT training"]["gpu_seconds"] == pytest.approx(250 * bench.TRAIN_FLOOR)
+    assert parts["sampling (rankings, normalisation, evaluation)"]["gpu_seconds"] == \
+        pytest.approx(48 * 48 * bench.DECODE_FLOOR)
+    assert parts["PPO updates"]["gpu_seconds"] == pytest.approx(
+        40 * (48 * bench.DECODE_FLOOR + 3 * bench.FORWARD_FLOOR + 8 * bench.TRAIN_FLOOR))
+    # and FLOPs that do not fit the floor are timed at the assumed share of the GPU's peak
+    big = dict(tiny, flops=1e15)
+    est = bench.estimate({k: big for k in ("sft_step", "sft_eval_16", "sample_64x48", "rm_step", "rm_forward_64",
+                                           "ppo_update")}, counts)
+    assert est["parts"]["SFT training"]["gpu_seconds"] == pytest.approx(250 * 1e15 / (989e12 * bench.ASSUMED_MFU))
+    assert est["sft_eval_share_of_flops"] == pytest.approx((2200 / 16) / est["total_flops"] * 1e15)
