@@ -229,18 +229,20 @@ def estimate(results: dict, counts: dict) -> dict:
     per_example_eval = results["sft_eval_16"]["flops"] / 16
     rollout_floor = 48 * DECODE_FLOOR
     ppo_floor = rollout_floor + 3 * FORWARD_FLOOR + 4 * 2 * TRAIN_FLOOR  # scoring passes, 4 epochs x 2 minibatches
-    parts = {
-        "SFT training": (counts["sft_steps"], results["sft_step"]["flops"], TRAIN_FLOOR),
-        "SFT evaluation": (counts["sft_eval_examples"] / 16, results["sft_eval_16"]["flops"], FORWARD_FLOOR),
-        "sampling (rankings, normalisation, evaluation)": (counts["sample_batches"], results["sample_64x48"]["flops"],
-                                                           rollout_floor),
-        "reward model training": (counts["rm_steps"], results["rm_step"]["flops"], TRAIN_FLOOR),
-        "reward model scoring": (counts["rm_forward_batches"], results["rm_forward_64"]["flops"], FORWARD_FLOOR),
-        "PPO updates": (counts["ppo_updates"], results["ppo_update"]["flops"], ppo_floor),
+    parts = {  # name: (how many in the run, the measured step, its floor on a GPU)
+        "SFT training": (counts["sft_steps"], "sft_step", TRAIN_FLOOR),
+        "SFT evaluation": (counts["sft_eval_examples"] / 16, "sft_eval_16", FORWARD_FLOOR),
+        "sampling (rankings, normalisation, evaluation)": (counts["sample_batches"], "sample_64x48", rollout_floor),
+        "reward model training": (counts["rm_steps"], "rm_step", TRAIN_FLOOR),
+        "reward model scoring": (counts["rm_forward_batches"], "rm_forward_64", FORWARD_FLOOR),
+        "PPO updates": (counts["ppo_updates"], "ppo_update", ppo_floor),
     }
-    rows = {name: {"count": n, "flops": n * f, "gpu_seconds": n * gpu(f, floor)} for name, (n, f, floor) in parts.items()}
+    rows = {name: {"count": n, "flops": n * results[step]["flops"], "gpu_seconds": n * gpu(results[step]["flops"], floor),
+                   "cpu_seconds": n * results[step]["seconds"]}
+            for name, (n, step, floor) in parts.items()}
     total = sum(r["flops"] for r in rows.values())
     return {"parts": rows, "total_flops": total, "gpu_seconds": sum(r["gpu_seconds"] for r in rows.values()),
+            "cpu_seconds": sum(r["cpu_seconds"] for r in rows.values()),
             "sft_eval_share_of_flops": rows["SFT evaluation"]["flops"] / total,
             "sft_eval_flops_per_example": per_example_eval}
 
@@ -280,7 +282,7 @@ def main(argv=None):
           f"{H200_BF16_DENSE / 1e12:.0f} TFLOP/s at an assumed {ASSUMED_MFU:.0%}, floors {DECODE_FLOOR * 1e3:.0f} ms "
           f"a generated position, {TRAIN_FLOOR * 1e3:.0f} ms a step, {FORWARD_FLOOR * 1e3:.0f} ms a forward pass): "
           f"about {est['gpu_seconds'] / 60:.1f} minutes of training and sampling, plus loading (an estimate). "
-          f"On this machine: about {sum(r['count'] * results[k]['seconds'] for k, r in zip(['sft_step', 'sft_eval_16', 'sample_64x48', 'rm_step', 'rm_forward_64', 'ppo_update'], est['parts'].values())) / 3600:.1f} hours.")
+          f"On this machine: about {est['cpu_seconds'] / 3600:.1f} hours.")
     if args.json:
         Path(args.json).write_text(json.dumps({"matmul_flops_per_second": rate, "steps": results, "counts": counts,
                                                "estimate": est}, indent=2) + "\n")

@@ -78,10 +78,61 @@ def _check_items(items: Iterable[dict]) -> list[dict]:
 
 
 class _LabelWidget:
-    """What both widgets share: the status line, errors shown in red, the keyboard, the display."""
+    """What both widgets share: the queue of items (those already in the file left out), the progress line,
+    the status line, errors shown in red, the keyboard, the display."""
 
     widget: widgets.VBox
     _status: widgets.HTML
+    items: list[dict]
+    _queue: list[dict]
+    _position: int  # index into _queue of the item on show
+    _skipped: set
+    NOUN, VERB, DONE = "items", "rank", "ranked"  # what the messages call an item, labelling it, and labelled
+
+    def _key(self, item: dict):
+        raise NotImplementedError
+
+    def _labelled(self) -> set:
+        """The keys of the items this annotator has labelled (not skipped), as the file has them."""
+        raise NotImplementedError
+
+    def _sync_with_file(self) -> None:
+        raise NotImplementedError
+
+    def _clear_choice(self) -> None:
+        """Forget the clicks (or the value) chosen for the item on show."""
+        raise NotImplementedError
+
+    def _show_item(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def current_item(self) -> dict | None:
+        """The item on show, or None when all are done."""
+        return self._queue[self._position] if self._position < len(self._queue) else None
+
+    @property
+    def progress_text(self) -> str:
+        labelled, skipped, total = len(self._labelled()), len(self._skipped), len(self.items)
+        if self.current_item is None:
+            return f"All {total} done: {labelled} {self.DONE}, {skipped} skipped."
+        return f"{labelled} of {total} {self.DONE}, {skipped} skipped"
+
+    def _next_item(self, message: str) -> None:
+        self._position += 1
+        self._sync_with_file()  # another kernel may have labelled some of the items meanwhile
+        done = self._labelled() | self._skipped
+        while self.current_item is not None and self._key(self.current_item) in done:
+            self._position += 1  # done in another kernel meanwhile: not asked again
+        self._clear_choice()
+        self._show_item()
+        self._say(message)
+
+    def _require_item(self) -> dict:
+        item = self.current_item
+        if item is None:
+            raise LabError(f"all {len(self.items)} {self.NOUN} are done; nothing is left to {self.VERB} here.")
+        return item
 
     def _say(self, message: str, error: bool = False) -> None:
         text = html.escape(message)
@@ -136,13 +187,9 @@ class RankingWidget(_LabelWidget):
         self._clock = clock
         self._shown_at = clock()  # when the item on show appeared: its ranking's "seconds" count from here
 
-        # resume: what this file already holds for these items
-        keys = {item_key(item) for item in self.items}
-        records = self._own_records()
-        self._ranked: set[Key] = {item_key(r) for r in records if r["ranking"] is not None} & keys
-        self._skipped: set[Key] = ({item_key(r) for r in records if r["ranking"] is None} & keys) - self._ranked
+        self._sync_with_file()  # resume: what this file already holds for these items
         self._queue = [item for item in self.items if item_key(item) not in self._ranked | self._skipped]
-        self._position = 0  # index into _queue of the item on show
+        self._position = 0
         self._ranking: list[int] = []  # the clicks so far, best first
         self._auto_filled = False  # the last place was filled for the learner (after K-1 clicks)
 
@@ -155,21 +202,17 @@ class RankingWidget(_LabelWidget):
     # state, readable from Python
 
     @property
-    def current_item(self) -> dict | None:
-        """The item on show ({"prompt", "completions"}), or None when all are done."""
-        return self._queue[self._position] if self._position < len(self._queue) else None
-
-    @property
     def current_ranking(self) -> list[int]:
-        """The cards clicked so far for the current item, best first."""
+        """The cards clicked so far for the current item ({"prompt", "completions"}), best first."""
         return list(self._ranking)
 
-    @property
-    def progress_text(self) -> str:
-        ranked, skipped, total = len(self._ranked), len(self._skipped), len(self.items)
-        if self.current_item is None:
-            return f"All {total} done: {ranked} ranked, {skipped} skipped."
-        return f"{ranked} of {total} ranked, {skipped} skipped"
+    _key = staticmethod(item_key)
+
+    def _labelled(self) -> set[Key]:
+        return self._ranked
+
+    def _clear_choice(self) -> None:
+        self._ranking, self._auto_filled = [], False
 
     # -------------------------------------------------------------------------
     # actions: the buttons and keys call these
@@ -320,22 +363,6 @@ class RankingWidget(_LabelWidget):
         self._skip_button.disabled = done
         self._submit_button.disabled = done or len(self._ranking) < len(item["completions"])
 
-    def _next_item(self, message: str) -> None:
-        self._position += 1
-        self._sync_with_file()  # another kernel may have ranked some of the items meanwhile
-        done = self._ranked | self._skipped
-        while self.current_item is not None and item_key(self.current_item) in done:
-            self._position += 1  # done in another kernel meanwhile: not asked again
-        self._ranking, self._auto_filled = [], False
-        self._show_item()
-        self._say(message)
-
-    def _require_item(self) -> dict:
-        item = self.current_item
-        if item is None:
-            raise LabError(f"all {len(self.items)} items are done; nothing is left to rank here.")
-        return item
-
     # -------------------------------------------------------------------------
     # keyboard, if ipyevents is installed
 
@@ -409,29 +436,25 @@ class ScoreWidget(_LabelWidget):
         self._keyboard = self._attach_keyboard() if self._use_keyboard else None
         self._show_item()
 
+    NOUN, VERB, DONE = "texts", "score", "scored"
+
     @staticmethod
     def _key(item: dict) -> tuple[str, str]:
         return item["prompt"], item["completion"]
 
-    # -------------------------------------------------------------------------
-    # state, readable from Python
+    def _labelled(self) -> set[tuple[str, str]]:
+        return self._scored
 
-    @property
-    def current_item(self) -> dict | None:
-        """The text on show ({"prompt", "completion"}), or None when all are done."""
-        return self._queue[self._position] if self._position < len(self._queue) else None
+    def _clear_choice(self) -> None:
+        self._choice = None
+
+    # -------------------------------------------------------------------------
+    # state, readable from Python (current_item, a {"prompt", "completion"}, and progress_text: _LabelWidget)
 
     @property
     def current_score(self) -> int | None:
         """The value chosen for the text on show, not submitted yet (None: none chosen)."""
         return self._choice
-
-    @property
-    def progress_text(self) -> str:
-        scored, skipped, total = len(self._scored), len(self._skipped), len(self.items)
-        if self.current_item is None:
-            return f"All {total} done: {scored} scored, {skipped} skipped."
-        return f"{scored} of {total} scored, {skipped} skipped"
 
     # -------------------------------------------------------------------------
     # actions: the buttons and keys call these
@@ -493,22 +516,6 @@ class ScoreWidget(_LabelWidget):
         records = self.store.scores(self.annotator)
         self._scored = {self._key(r) for r in records if r["score"] is not None} & keys
         self._skipped = ({self._key(r) for r in records if r["score"] is None} & keys) - self._scored
-
-    def _next_item(self, message: str) -> None:
-        self._position += 1
-        self._sync_with_file()
-        done = self._scored | self._skipped
-        while self.current_item is not None and self._key(self.current_item) in done:
-            self._position += 1  # done in another kernel meanwhile: not asked again
-        self._choice = None
-        self._show_item()
-        self._say(message)
-
-    def _require_item(self) -> dict:
-        item = self.current_item
-        if item is None:
-            raise LabError(f"all {len(self.items)} texts are done; nothing is left to score here.")
-        return item
 
     # -------------------------------------------------------------------------
     # display

@@ -125,15 +125,20 @@ def test_both_processes_hold_the_same_weights(two_processes):
             assert torch.equal(value, second[stage]["weights"][name]), (stage, name)
 
 
+def assert_one_step_with_the_same_grad_norm(two: dict, one: dict) -> None:
+    """One optimiser step on each side, the same gradient norm (relative), the same updated weights."""
+    assert len(one["grad_norms"]) == len(two["grad_norms"]) == 1
+    assert abs(one["grad_norms"][0] - two["grad_norms"][0]) < TOLERANCE * one["grad_norms"][0]
+    assert_same_step(two, one)
+
+
 @pytest.mark.slow
 def test_sft_step_equals_one_process(two_processes):
     one, two = sft_step(), two_processes[0]["sft"]
     assert abs(one["loss"] - two["loss"]) < TOLERANCE
     assert abs(one["eval_loss_before"] - two["eval_loss_before"]) < TOLERANCE  # measured in halves, summed
     assert abs(one["eval_loss"] - two["eval_loss"]) < TOLERANCE
-    assert len(one["grad_norms"]) == len(two["grad_norms"]) == 1
-    assert abs(one["grad_norms"][0] - two["grad_norms"][0]) < TOLERANCE * one["grad_norms"][0]
-    assert_same_step(two, one)
+    assert_one_step_with_the_same_grad_norm(two, one)
 
 
 @pytest.mark.slow
@@ -141,9 +146,7 @@ def test_reward_model_step_equals_one_process(two_processes):
     one, two = reward_step(), two_processes[0]["reward"]
     for key in ("loss", "accuracy", "margin", "eval_loss"):
         assert abs(one[key] - two[key]) < TOLERANCE, key
-    assert len(one["grad_norms"]) == len(two["grad_norms"]) == 1
-    assert abs(one["grad_norms"][0] - two["grad_norms"][0]) < TOLERANCE * one["grad_norms"][0]
-    assert_same_step(two, one)
+    assert_one_step_with_the_same_grad_norm(two, one)
 
 
 @pytest.mark.slow
