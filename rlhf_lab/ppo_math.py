@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .utils import LabError
 
@@ -52,6 +53,54 @@ def _check_temperature(temperature: float) -> None:
 # from logits to per-token log-probs and entropy
 
 
+# A (B, T, V) float32 temporary is at most this many elements (4 MiB): the log-softmax and the softmax are
+# taken over as many rows of the batch at a time as fit (one row for GPT-2's V = 50257, 15 rows of 24
+# positions for the tiny model's 2,858), never as a second full copy of the logits.
+CHUNK_ELEMENTS = 1 << 20
+
+
+def _row_chunks(logits: torch.Tensor) -> list[slice]:
+    """Slices of the batch dimension of logits # (B, T, V) whose (rows, T, V) fit CHUNK_ELEMENTS."""
+    B, T, V = logits.shape
+    rows = max(1, CHUNK_ELEMENTS // max(1, T * V))
+    return [slice(start, start + rows) for start in range(0, B, rows)]
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    """log softmax(logits / temperature)[token], without keeping the (B, T, V) log-softmax.
+
+    The forward pass keeps the logits and the (B, T) log-sum-exp; the backward pass writes the gradient
+    (onehot(token) - softmax(z)) * grad / temperature straight into one (B, T, V) tensor. Autograd of
+    log_softmax + gather would keep the log-softmax for the backward pass and build two more (B, T, V)
+    tensors there (the scattered gradient and the log-softmax's), and one graph node per chunk."""
+
+    @staticmethod
+    def forward(ctx, logits, tokens, temperature):
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        out = torch.empty(tokens.shape, dtype=dtype, device=logits.device)   # (B, T)
+        lse = torch.empty(tokens.shape, dtype=dtype, device=logits.device)   # (B, T)
+        for rows in _row_chunks(logits):
+            z = _upcast(logits[rows]) / temperature                            # (b, T, V)
+            lse[rows] = torch.logsumexp(z, dim=-1)
+            out[rows] = z.gather(-1, tokens[rows].unsqueeze(-1)).squeeze(-1) - lse[rows]
+        ctx.save_for_backward(logits, tokens, lse)
+        ctx.temperature = temperature
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        logits, tokens, lse = ctx.saved_tensors
+        grad = torch.empty_like(logits)                                        # (B, T, V)
+        for rows in _row_chunks(logits):
+            z = _upcast(logits[rows]).div(ctx.temperature)                     # (b, T, V), a new tensor
+            g = grad_out[rows].unsqueeze(-1).to(z.dtype)                       # (b, T, 1)
+            dz = z.sub_(lse[rows].unsqueeze(-1)).exp_().mul_(-g)                # -softmax(z) * g
+            dz.scatter_add_(-1, tokens[rows].unsqueeze(-1), g)                 # + onehot(token) * g
+            grad[rows] = dz.div_(ctx.temperature)
+        return grad, None, None
+
+
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor,
                          temperature: float = 1.0) -> torch.Tensor:
     """log pi(token_t | context_t) for each response token.
@@ -60,21 +109,19 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor,
             already shifted by one (a causal LM's logits at position i predict token i + 1).
     tokens  # (B, T)
     returns # (B, T), float32 or wider
+
+    log softmax(z)[k] = z_k - logsumexp(z), z = logits / temperature, taken over CHUNK_ELEMENTS-sized
+    slices of the batch (as TRL's selective_log_softmax, for the memory a large vocabulary takes), with the
+    gradient written by hand (_TokenLogprobs): the rollouts and the PPO update go through this one function.
     """
     if logits.shape[:2] != tokens.shape:
         raise LabError(f"logits {tuple(logits.shape)} and tokens {tuple(tokens.shape)} disagree on "
                        "(B, T): slice the logits so that logits[:, t] predicts tokens[:, t] "
                        "(for a causal LM: logits[:, prompt_len - 1 : -1]).")
     _check_temperature(temperature)
-    logprobs = []
-    # One row at a time: a (B, T, V) log-softmax is a second full copy of the logits (V = 50257 for
-    # GPT-2); a row bounds the extra memory in no-grad rollouts (as TRL's selective_log_softmax).
-    for row_logits, row_tokens in zip(logits, tokens):  # (T, V), (T,)
-        # Divide by the sampling temperature here too, or the KL grows too fast
-        # (N details: "scale the logits by sampling temperature").
-        row_logprobs = torch.log_softmax(_upcast(row_logits) / temperature, dim=-1)  # (T, V)
-        logprobs.append(row_logprobs.gather(-1, row_tokens.unsqueeze(-1)).squeeze(-1))  # (T,)
-    return torch.stack(logprobs)  # (B, T)
+    # Divide by the sampling temperature here too, or the KL grows too fast
+    # (N details: "scale the logits by sampling temperature").
+    return _TokenLogprobs.apply(logits, tokens, temperature)
 
 
 def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -85,11 +132,11 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     """
     _check_temperature(temperature)
     entropies = []
-    for row_logits in logits:  # (T, V), one row at a time as above
-        z = _upcast(row_logits) / temperature  # (T, V)
+    for rows in _row_chunks(logits):  # as many rows at a time as fit CHUNK_ELEMENTS, as above
+        z = _upcast(logits[rows]) / temperature  # (b, T, V)
         # H = -sum p log p = logsumexp(z) - sum p z, without forming log p (TRL's entropy_from_logits)
-        entropies.append(torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(-1))  # (T,)
-    return torch.stack(entropies)  # (B, T)
+        entropies.append(torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(-1))  # (b, T)
+    return torch.cat(entropies)  # (B, T)
 
 
 # -----------------------------------------------------------------------------

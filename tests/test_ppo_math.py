@@ -76,6 +76,30 @@ def test_logprobs_upcast_and_gradient():
     assert half.dtype == torch.float32
 
 
+def test_logprobs_gradient_by_hand_equals_autograd_across_chunks(monkeypatch):
+    """_TokenLogprobs writes its gradient by hand, a few rows of the batch at a time: it must equal
+    autograd's log_softmax + gather, at any temperature, whether the batch is one chunk or many."""
+    import rlhf_lab.ppo_math as ppo_math
+    torch.manual_seed(0)
+    logits = torch.randn(5, 4, 7, dtype=torch.float64, requires_grad=True)  # (B, T, V)
+    tokens = torch.randint(0, 7, (5, 4))                                     # (B, T)
+    weights = torch.randn(5, 4, dtype=torch.float64)                         # an arbitrary upstream gradient
+    for chunk in (1 << 20, 28, 1):  # the whole batch, one row of 4 x 7, fewer elements than a row
+        monkeypatch.setattr(ppo_math, "CHUNK_ELEMENTS", chunk)
+        for temperature in (1.0, 0.7):
+            expected = torch.log_softmax(logits / temperature, -1).gather(-1, tokens[..., None]).squeeze(-1)
+            got = logprobs_from_logits(logits, tokens, temperature)
+            assert torch.allclose(got, expected, atol=1e-12)
+            (grad_expected,) = torch.autograd.grad((expected * weights).sum(), logits)
+            (grad_got,) = torch.autograd.grad((got * weights).sum(), logits)
+            assert torch.allclose(grad_got, grad_expected, atol=1e-12)
+        assert torch.autograd.gradcheck(lambda x: logprobs_from_logits(x, tokens, 0.7), (logits,))
+    # the entropy in chunks is the entropy of the whole batch at once
+    monkeypatch.setattr(ppo_math, "CHUNK_ELEMENTS", 1)
+    p = torch.softmax(logits.detach(), -1)
+    assert torch.allclose(entropy_from_logits(logits.detach()), -(p * p.log()).sum(-1), atol=1e-12)
+
+
 def test_logprobs_errors_speak():
     with pytest.raises(LabError, match="predicts tokens"):
         logprobs_from_logits(torch.zeros(2, 4, 5), torch.zeros(2, 3, dtype=torch.long))
