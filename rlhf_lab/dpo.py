@@ -45,9 +45,9 @@ from tqdm.auto import tqdm
 
 from . import distributed, tracking
 from .config_args import Count, Device, OneOf, Positive, Range, Seed, Whole, check_config
-from .ppo_math import dpo_loss, implicit_rewards, logprobs_from_logits, pairwise_accuracy
-from .trunk import (POLICY, ResponseForward, add_policy_adapter, build_trunk, forward_response, parameter_memory,
-                    save_adapter, use_adapter)
+from .ppo_math import dpo_loss, implicit_rewards, logprobs_from_hidden, pairwise_accuracy
+from .trunk import (POLICY, ResponseForward, add_policy_adapter, build_trunk, forward_response, lm_head_weight,
+                    parameter_memory, save_adapter, use_adapter)
 from .utils import (LabError, config_to_dict, pick_device, reading_saved, replacing_folder, rng_states, save_config,
                     saved_folder, set_rng_states, set_seed, write_torch)
 
@@ -171,13 +171,15 @@ def collate_responses(items: list[tuple[list[int], list[int]]], pad_token_id: in
 def sequence_logps(model, batch: dict) -> torch.Tensor:
     """log pi(y|x) of each response, summed over its tokens (EOS included), with whichever adapter is
     active; # (B,). Gradients flow unless the caller is in no_grad."""
-    logits, _ = forward_response(model, batch["input_ids"], batch["attention_mask"], batch["query_length"])
-    return summed_logps(logits, batch)
+    hidden, _ = forward_response(model, batch["input_ids"], batch["attention_mask"], batch["query_length"],
+                                 logits=False)                                              # (B, T, C)
+    return summed_logps(hidden, lm_head_weight(model), batch)
 
 
-def summed_logps(logits: torch.Tensor, batch: dict) -> torch.Tensor:
-    """The responses' log-probs # (B,) from their logits # (B, T, V), summed over each one's tokens."""
-    logprobs = logprobs_from_logits(logits, batch["response"])                              # (B, T)
+def summed_logps(hidden: torch.Tensor, head_weight: torch.Tensor, batch: dict) -> torch.Tensor:
+    """The responses' log-probs # (B,) from the LM head's input # (B, T, C) (forward_response with
+    logits=False) and weight # (V, C), summed over each one's tokens; the (B, T, V) logits are never whole."""
+    logprobs = logprobs_from_hidden(hidden, head_weight, batch["response"])                 # (B, T)
     return torch.where(batch["mask"].bool(), logprobs, torch.zeros_like(logprobs)).sum(1)   # (B,)
 
 
@@ -277,8 +279,8 @@ class DPOTrainer:
         if self.ddp is None:
             logps = sequence_logps(self.model, batch)                         # (U,) with gradients
         else:  # the same pass through DDP, which all-reduces the gradients in the backward pass
-            logps = summed_logps(self.ddp(batch["input_ids"], batch["attention_mask"], batch["query_length"])[0],
-                                 batch)
+            logps = summed_logps(self.ddp(batch["input_ids"], batch["attention_mask"], batch["query_length"],
+                                          logits=False)[0], lm_head_weight(self.model), batch)
         chosen = torch.tensor([where[self.chosen_idx[i]] for i in rows], device=self.device)      # (N,)
         rejected = torch.tensor([where[self.rejected_idx[i]] for i in rows], device=self.device)  # (N,)
         loss = dpo_loss(logps[chosen], logps[rejected], ref_logps[chosen], ref_logps[rejected], cfg.beta,

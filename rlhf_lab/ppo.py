@@ -76,13 +76,13 @@ from .gold import gold_scores
 from .ppo_math import (
     AdaptiveKLController,
     FixedKLController,
-    entropy_from_logits,
+    entropy_from_hidden,
     explained_variance,
     gae,
     grpo_advantages,
     kl_loss,
     kl_shaped_rewards,
-    logprobs_from_logits,
+    logprobs_from_hidden,
     masked_mean,
     masked_whiten,
     policy_loss,
@@ -91,8 +91,8 @@ from .ppo_math import (
 )
 from .rl_plots import LivePlot, plot_diagnostics, plot_history, plot_kl_tradeoff  # noqa: F401 (re-exported)
 from .trunk import (POLICY, REWARD, ResponseForward, add_policy_adapter, build_trunk, causal_lm,  # noqa: F401
-                    forward_response, parameter_memory, sample_from, sample_responses, save_adapter, use_adapter,
-                    use_fused_gelu)
+                    forward_response, lm_head_weight, parameter_memory, sample_from, sample_responses, save_adapter,
+                    use_adapter, use_fused_gelu)
 from .utils import (ConfigError, LabError, TrainingDiverged, config_to_dict, pick_device, reading_saved,
                     replacing_folder, rng_states, save_config, saved_folder, set_rng_states, set_seed, write_torch)
 
@@ -319,10 +319,11 @@ class Batch:
     response: torch.Tensor         # (B, T)
     mask: torch.Tensor             # (B, T) response mask: 1 up to and including EOS
     ended: torch.Tensor            # (B,) bool
-    logprobs: torch.Tensor         # (B, T) policy at rollout (the "old" log-probs)
+    logprobs: torch.Tensor | None  # (B, T) policy at rollout (the "old" log-probs; step() fills them when it
+                                   # takes them from the update's first forward pass, PPOTrainer.fused_first_pass)
     ref_logprobs: torch.Tensor     # (B, T) reference = trunk with adapters off
     values: torch.Tensor | None    # (B, T) value head at rollout (None: rloo and grpo have none)
-    entropy: torch.Tensor          # (B, T) policy entropy at each position
+    entropy: torch.Tensor | None   # (B, T) policy entropy at each position (filled as logprobs)
     raw_scores: torch.Tensor       # (B,) the reward's scores as they came
     scores: torch.Tensor           # (B,) normalised, with no_eos_score for unfinished responses
 
@@ -417,6 +418,7 @@ class PPOTrainer:
             distributed.check_divisible(getattr(cfg, name), name, "PPOConfig")
         self.sampling_rng = distributed.RankGenerator(cfg.seed)
         self.response_forward = ResponseForward(model, self.value_head)
+        self.head_weight = lm_head_weight(model)  # (V, C), for logprobs_from_hidden
         self.ddp = distributed.prepare(self.response_forward)
 
     # --- rollouts ----------------------------------------------------------------------------------
@@ -480,8 +482,11 @@ class PPOTrainer:
                 "raw_std": std, "n": len(scores)}
 
     @torch.no_grad()
-    def rollout(self, prompts: list[str]) -> Batch:
+    def rollout(self, prompts: list[str], policy_pass: bool = True) -> Batch:
         """Sample with the policy, then one no-grad pass each of policy, reference and reward model.
+
+        policy_pass=False leaves the policy's pass (logprobs, values, entropy: None) to step(), which then
+        takes it from the first forward pass of the update (fused_first_pass).
 
         Under accelerate launch each process does this for its slice of `prompts` (distributed.shard), in
         one layout for all (the longest query and response of any process), and the slices are gathered
@@ -497,17 +502,18 @@ class PPOTrainer:
         input_ids = torch.cat([rollout.query, rollout.response], dim=1)                  # (B, Tq + T)
         attention_mask = torch.cat([rollout.query_mask, rollout.response_mask], dim=1)   # (B, Tq + T)
         mask = rollout.response_mask                                                     # (B, T)
-        # old log-probs and values: one pass of the policy (the same code path as in the update,
-        # so that the ratio on the first minibatch is exactly 1)
-        logits, values = forward_response(self.model, input_ids, attention_mask, Tq, self.value_head)
-        logprobs = logprobs_from_logits(logits, rollout.response, cfg.temperature)      # (B, T)
-        entropy = entropy_from_logits(logits, cfg.temperature)                          # (B, T)
-        del logits
+        logprobs = values = entropy = None
+        if policy_pass:
+            # old log-probs and values: one pass of the policy (the same code path as in the update,
+            # so that the ratio on the first minibatch is exactly 1)
+            hidden, values = forward_response(self.model, input_ids, attention_mask, Tq, self.value_head,
+                                              logits=False)                              # (B, T, C), (B, T)
+            logprobs = logprobs_from_hidden(hidden, self.head_weight, rollout.response, cfg.temperature)  # (B, T)
+            entropy = entropy_from_hidden(hidden, self.head_weight, cfg.temperature)    # (B, T)
         # reference: the same trunk with every adapter off (the SFT model)
         with use_adapter(self.model, None):
-            ref_logits, _ = forward_response(self.model, input_ids, attention_mask, Tq)
-        ref_logprobs = logprobs_from_logits(ref_logits, rollout.response, cfg.temperature)  # (B, T)
-        del ref_logits
+            ref_hidden, _ = forward_response(self.model, input_ids, attention_mask, Tq, logits=False)  # (B, T, C)
+        ref_logprobs = logprobs_from_hidden(ref_hidden, self.head_weight, rollout.response, cfg.temperature)  # (B, T)
         raw_scores = self.reward.score(prompts, completions, rollout).to(self.device).float()  # (B,)
         scores = self.score_gain * raw_scores + self.score_bias                         # (B,)
         if cfg.no_eos_score is not None:
@@ -526,10 +532,13 @@ class PPOTrainer:
         start = time.perf_counter()
 
         # 1. rollout ---------------------------------------------------------------------------------
-        batch = self.rollout(self.batch_prompts(self.step_count))
+        fused = self.fused_first_pass()
+        batch = self.rollout(self.batch_prompts(self.step_count), policy_pass=not fused)
         mask = batch.mask
         B = mask.shape[0]
         rollout_seconds = time.perf_counter() - start
+        first_pass = self._first_pass(batch) if fused else None  # fills batch.logprobs, values, entropy
+        first_pass_seconds = time.perf_counter() - start - rollout_seconds
         self._check_rollout(batch)
 
         # 2. rewards and advantages ------------------------------------------------------------------
@@ -539,8 +548,8 @@ class PPOTrainer:
 
         # 3. ppo_epochs passes over shuffled minibatches ----------------------------------------------
         update_start = time.perf_counter()
-        self.update(batch, advantages, returns, kl_coef)
-        update_seconds = time.perf_counter() - update_start
+        self.update(batch, advantages, returns, kl_coef, first_pass)
+        update_seconds = time.perf_counter() - update_start + first_pass_seconds  # the first pass is the update's
 
         # 4. the KL controller -----------------------------------------------------------------------
         mean_kl = kl.sum(1).mean().item()  # nats per response, summed over its tokens
@@ -619,9 +628,34 @@ class PPOTrainer:
             advantages = torch.where(mask.bool(), advantages[:, None], torch.zeros_like(rewards))  # (B, T)
         return kl, advantages, returns
 
-    def update(self, batch: Batch, advantages: torch.Tensor, returns: torch.Tensor | None, kl_coef: float) -> None:
+    def fused_first_pass(self) -> bool:
+        """Whether this step takes the old log-probs, values and entropy from the update's first forward pass
+        instead of a no-grad pass of its own: when the first minibatch is the whole batch in one piece (one
+        minibatch per epoch, no micro-batches, one process), that pass sees exactly the weights of the rollout,
+        so its outputs, detached, are the rollout's, and the ratio on the first minibatch is exactly 1 (as TRL
+        takes them from generation's logits). It saves one forward pass of the policy per update."""
+        cfg = self.cfg
+        return (cfg.ppo_epochs >= 1 and cfg.minibatch_size >= cfg.batch_size and self.ddp is None
+                and (cfg.micro_batch_size is None or cfg.micro_batch_size >= cfg.minibatch_size)
+                and torch.is_grad_enabled())
+
+    def _first_pass(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The update's first forward pass over the whole batch, with gradients: (new log-probs # (B, T),
+        values # (B, T) or None), kept for the first minibatch's loss; their detached copies (and the entropy)
+        go into the batch as the rollout's."""
+        cfg = self.cfg
+        hidden, vpred = self.response_forward(batch.input_ids, batch.attention_mask, batch.query_length,
+                                              logits=False)                              # (B, T, C), (B, T)
+        new_logprobs = logprobs_from_hidden(hidden, self.head_weight, batch.response, cfg.temperature)  # (B, T)
+        batch.entropy = entropy_from_hidden(hidden, self.head_weight, cfg.temperature)  # (B, T), no gradient
+        batch.logprobs = new_logprobs.detach()
+        batch.values = vpred.detach() if vpred is not None else None
+        return new_logprobs, vpred
+
+    def update(self, batch: Batch, advantages: torch.Tensor, returns: torch.Tensor | None, kl_coef: float,
+               first_pass: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> None:
         """cfg.ppo_epochs passes over shuffled minibatches of the batch, one optimizer step each; their stats
-        go to self.minibatch_stats.
+        go to self.minibatch_stats. first_pass: the outputs of _first_pass, the first minibatch's forward pass.
 
         Under accelerate launch every process holds the whole batch (rollout gathers it) and takes its slice
         of each minibatch; its loss enters with its share of the minibatch's tokens, and DDP all-reduces the
@@ -648,8 +682,9 @@ class PPOTrainer:
                     # last micro-batch's backward all-reduces (the earlier ones accumulate)
                     scale = share if self.ddp is None else share * distributed.world_size()
                     with distributed.no_sync(self.ddp, sync=i == len(micro_batches) - 1):
-                        loss, stats = self._loss(batch, inds, advantages, returns, kl_coef, epoch)
+                        loss, stats = self._loss(batch, inds, advantages, returns, kl_coef, epoch, first_pass)
                         distributed.backward(loss * scale, self.ddp)
+                    first_pass = None  # only the first minibatch's weights are those of the first pass
                     parts.append((share.item(), {k: v.item() for k, v in stats.items()}))
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 # an optimizer step on a NaN gradient would make every weight NaN: stop before it
@@ -664,16 +699,20 @@ class PPOTrainer:
                 self.minibatch_stats.append({"epoch": epoch, "grad_norm": grad_norm.item()} | stats)
 
     def _loss(self, batch: Batch, inds: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor | None,
-              kl_coef: float, epoch: int) -> tuple[torch.Tensor, dict]:
+              kl_coef: float, epoch: int, first_pass: tuple | None = None) -> tuple[torch.Tensor, dict]:
         """The loss of the episodes `inds` of a minibatch, and its stats (0-d tensors): PPO's clipped policy
         loss for every algo, plus vf_coef * the clipped value loss (ppo) or kl_coef * the k3 KL to the
-        reference (grpo, Shao et al. 2024 eq. 3)."""
+        reference (grpo, Shao et al. 2024 eq. 3). first_pass: the whole batch's forward pass, already made
+        (_first_pass), in place of this minibatch's."""
         cfg, mask = self.cfg, batch.mask[inds]
-        forward = self.ddp if self.ddp is not None else self.response_forward  # trunk.forward_response
-        logits, vpred = forward(batch.input_ids[inds], batch.attention_mask[inds],
-                                batch.query_length)  # (b, T, V), (b, T) or None
-        new_logprobs = logprobs_from_logits(logits, batch.response[inds], cfg.temperature)  # (b, T)
-        del logits  # (b, T, V): the backward pass does not need it; free it before
+        if first_pass is not None:
+            new_logprobs, vpred = first_pass[0][inds], (first_pass[1][inds] if first_pass[1] is not None else None)
+        else:
+            forward = self.ddp if self.ddp is not None else self.response_forward  # trunk.forward_response
+            hidden, vpred = forward(batch.input_ids[inds], batch.attention_mask[inds], batch.query_length,
+                                    logits=False)  # (b, T, C), (b, T) or None
+            # the LM head and the log-softmax together, the (b, T, V) logits never whole (ppo_math)
+            new_logprobs = logprobs_from_hidden(hidden, self.head_weight, batch.response[inds], cfg.temperature)
         pg_loss, pg_stats = policy_loss(new_logprobs, batch.logprobs[inds], advantages[inds], mask, cfg.clip_range)
         terms, stats = {"the policy loss (pg_loss)": pg_loss}, {"pg_loss": pg_loss} | pg_stats
         loss = pg_loss

@@ -26,7 +26,7 @@ from torch.autograd.function import once_differentiable
 from .utils import LabError
 
 __all__ = [
-    "logprobs_from_logits", "entropy_from_logits",
+    "logprobs_from_logits", "entropy_from_logits", "logprobs_from_hidden", "entropy_from_hidden",
     "masked_mean", "masked_var", "masked_whiten",
     "kl_estimate", "last_token_index", "kl_shaped_rewards", "gae",
     "policy_loss", "value_loss", "explained_variance",
@@ -59,46 +59,128 @@ def _check_temperature(temperature: float) -> None:
 CHUNK_ELEMENTS = 1 << 20
 
 
-def _row_chunks(logits: torch.Tensor) -> list[slice]:
-    """Slices of the batch dimension of logits # (B, T, V) whose (rows, T, V) fit CHUNK_ELEMENTS."""
-    B, T, V = logits.shape
+def _row_chunks(B: int, T: int, V: int) -> list[slice]:
+    """Slices of the batch dimension of (B, T, V) logits whose (rows, T, V) fit CHUNK_ELEMENTS."""
     rows = max(1, CHUNK_ELEMENTS // max(1, T * V))
     return [slice(start, start + rows) for start in range(0, B, rows)]
+
+
+def _token_log_softmax(z: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(z)[token] # (b, T) of z # (b, T, V). log_softmax, not z - logsumexp(z): its kernel takes
+    each row's sum in one thread, so the result does not depend on how many threads a call got (a parallel
+    logsumexp can differ in the last bit on a process's first call, and the policy's log-probs must equal
+    the reference's bit for bit while LoRA's B is 0)."""
+    return torch.log_softmax(z, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def _token_log_softmax_grad(z: torch.Tensor, tokens: torch.Tensor, grad_out: torch.Tensor,
+                            temperature: float) -> torch.Tensor:
+    """d/d logits of sum(grad_out * log softmax(z)[token]), z = logits / temperature: (onehot - softmax(z))
+    * grad_out / temperature # (b, T, V), written in place into softmax(z)."""
+    g = grad_out.unsqueeze(-1).to(z.dtype)                                     # (b, T, 1)
+    dz = torch.softmax(z, dim=-1).mul_(-g)                                     # -softmax(z) * g
+    dz.scatter_add_(-1, tokens.unsqueeze(-1), g)                               # + onehot(token) * g
+    return dz.div_(temperature)
 
 
 class _TokenLogprobs(torch.autograd.Function):
     """log softmax(logits / temperature)[token], without keeping the (B, T, V) log-softmax.
 
-    The forward pass keeps the logits and the (B, T) log-sum-exp; the backward pass writes the gradient
+    The forward pass keeps the logits; the backward pass writes the gradient
     (onehot(token) - softmax(z)) * grad / temperature straight into one (B, T, V) tensor. Autograd of
     log_softmax + gather would keep the log-softmax for the backward pass and build two more (B, T, V)
     tensors there (the scattered gradient and the log-softmax's), and one graph node per chunk."""
 
     @staticmethod
     def forward(ctx, logits, tokens, temperature):
-        dtype = torch.promote_types(logits.dtype, torch.float32)
-        out = torch.empty(tokens.shape, dtype=dtype, device=logits.device)   # (B, T)
-        lse = torch.empty(tokens.shape, dtype=dtype, device=logits.device)   # (B, T)
-        for rows in _row_chunks(logits):
+        out = torch.empty(tokens.shape, dtype=torch.promote_types(logits.dtype, torch.float32),
+                          device=logits.device)                                # (B, T)
+        for rows in _row_chunks(*logits.shape):
             z = _upcast(logits[rows]) / temperature                            # (b, T, V)
-            lse[rows] = torch.logsumexp(z, dim=-1)
-            out[rows] = z.gather(-1, tokens[rows].unsqueeze(-1)).squeeze(-1) - lse[rows]
-        ctx.save_for_backward(logits, tokens, lse)
+            out[rows] = _token_log_softmax(z, tokens[rows])
+        ctx.save_for_backward(logits, tokens)
         ctx.temperature = temperature
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        logits, tokens, lse = ctx.saved_tensors
+        logits, tokens = ctx.saved_tensors
         grad = torch.empty_like(logits)                                        # (B, T, V)
-        for rows in _row_chunks(logits):
-            z = _upcast(logits[rows]).div(ctx.temperature)                     # (b, T, V), a new tensor
-            g = grad_out[rows].unsqueeze(-1).to(z.dtype)                       # (b, T, 1)
-            dz = z.sub_(lse[rows].unsqueeze(-1)).exp_().mul_(-g)                # -softmax(z) * g
-            dz.scatter_add_(-1, tokens[rows].unsqueeze(-1), g)                 # + onehot(token) * g
-            grad[rows] = dz.div_(ctx.temperature)
+        for rows in _row_chunks(*logits.shape):
+            z = _upcast(logits[rows]) / ctx.temperature                        # (b, T, V)
+            grad[rows] = _token_log_softmax_grad(z, tokens[rows], grad_out[rows], ctx.temperature)
         return grad, None, None
+
+
+class _HeadTokenLogprobs(torch.autograd.Function):
+    """log softmax(hidden @ weight.T / temperature)[token] without ever holding the (B, T, V) logits.
+
+    The LM head and the log-softmax are taken together, CHUNK_ELEMENTS of logits at a time (as Liger's
+    fused linear cross-entropy): the forward pass keeps the hidden states # (B, T, C) only; the backward
+    pass makes each chunk's logits again (one more matmul of the LM head) and turns them into the hidden
+    states' gradient (and the head's, if it trains). At GPT-2's vocabulary that is
+    the difference between 617 MB of logits and their gradient for 64 x 48 tokens and a few MB."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, tokens, temperature):
+        B, T, _ = hidden.shape
+        weight_ = weight.to(hidden.dtype)  # bf16 under autocast on a GPU, as the LM head's linear would be
+        out = torch.empty(tokens.shape, dtype=torch.promote_types(hidden.dtype, torch.float32),
+                          device=hidden.device)                                # (B, T)
+        for rows in _row_chunks(B, T, weight.shape[0]):
+            z = _upcast(F.linear(hidden[rows], weight_)) / temperature         # (b, T, V)
+            out[rows] = _token_log_softmax(z, tokens[rows])
+        ctx.save_for_backward(hidden, weight, tokens)
+        ctx.temperature = temperature
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        hidden, weight, tokens = ctx.saved_tensors
+        B, T, _ = hidden.shape
+        weight_ = weight.to(hidden.dtype)
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None   # (B, T, C)
+        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None   # (V, C)
+        for rows in _row_chunks(B, T, weight.shape[0]):
+            z = _upcast(F.linear(hidden[rows], weight_)) / ctx.temperature     # (b, T, V)
+            dz = _token_log_softmax_grad(z, tokens[rows], grad_out[rows], ctx.temperature).to(hidden.dtype)
+            if grad_hidden is not None:
+                grad_hidden[rows] = dz @ weight_                                # (b, T, C)
+            if grad_weight is not None:
+                grad_weight += (dz.flatten(0, 1).T @ hidden[rows].flatten(0, 1)).to(weight.dtype)  # (V, C)
+        return grad_hidden, grad_weight, None, None
+
+
+def logprobs_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor,
+                         temperature: float = 1.0) -> torch.Tensor:
+    """logprobs_from_logits(hidden @ weight.T, tokens, temperature), the logits never held whole.
+
+    hidden  # (B, T, C): the LM head's input at the positions that predict tokens (trunk.forward_response
+              with logits=False)
+    weight  # (V, C): the LM head's weight (GPT-2's is tied to the token embedding; no bias)
+    tokens  # (B, T)
+    returns # (B, T), float32 or wider
+    """
+    if hidden.shape[:2] != tokens.shape:
+        raise LabError(f"hidden states {tuple(hidden.shape)} and tokens {tuple(tokens.shape)} disagree on "
+                       "(B, T): slice the hidden states so that position t predicts tokens[:, t].")
+    _check_temperature(temperature)
+    return _HeadTokenLogprobs.apply(hidden, weight, tokens, temperature)
+
+
+def entropy_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """entropy_from_logits(hidden @ weight.T, temperature), CHUNK_ELEMENTS of logits at a time; no gradient.
+
+    hidden # (B, T, C); weight # (V, C); returns # (B, T)
+    """
+    _check_temperature(temperature)
+    B, T, _ = hidden.shape
+    with torch.no_grad():
+        weight_ = weight.to(hidden.dtype)
+        return torch.cat([entropy_from_logits(F.linear(hidden[rows], weight_), temperature)
+                          for rows in _row_chunks(B, T, weight.shape[0])])  # (B, T)
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor,
@@ -110,7 +192,7 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor,
     tokens  # (B, T)
     returns # (B, T), float32 or wider
 
-    log softmax(z)[k] = z_k - logsumexp(z), z = logits / temperature, taken over CHUNK_ELEMENTS-sized
+    log softmax(z)[k], z = logits / temperature, taken over CHUNK_ELEMENTS-sized
     slices of the batch (as TRL's selective_log_softmax, for the memory a large vocabulary takes), with the
     gradient written by hand (_TokenLogprobs): the rollouts and the PPO update go through this one function.
     """
@@ -132,7 +214,7 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     """
     _check_temperature(temperature)
     entropies = []
-    for rows in _row_chunks(logits):  # as many rows at a time as fit CHUNK_ELEMENTS, as above
+    for rows in _row_chunks(*logits.shape):  # as many rows at a time as fit CHUNK_ELEMENTS, as above
         z = _upcast(logits[rows]) / temperature  # (b, T, V)
         # H = -sum p log p = logsumexp(z) - sum p z, without forming log p (TRL's entropy_from_logits)
         entropies.append(torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(-1))  # (b, T)

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from .generation import Rollout, encode_prompts, first_eos_mask
 from .reward_model import using_adapter
-from .utils import autocast
+from .utils import LabError, autocast
 
 POLICY = "policy"  # the policy's adapter name on the shared trunk
 REWARD = "reward"  # the reward model's adapter name (reward_model.ADAPTER_NAME)
@@ -108,13 +108,16 @@ def causal_lm(model):
 
 
 def forward_response(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, query_length: int,
-                     value_head: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     value_head: torch.nn.Module | None = None,
+                     logits: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits (and values) at the response positions, from one pass through the trunk.
 
     input_ids, attention_mask # (B, Tq + T): left-padded query, then the right-padded response
     returns logits            # (B, T, V): logits[:, t] is the distribution that produced response[:, t]
             values            # (B, T): V(s_t), the state before response token t (None without a head)
     Runs whichever adapter is active. The lm head is applied to the T response positions only.
+    logits=False returns the lm head's input # (B, T, C) in place of the logits, for
+    ppo_math.logprobs_from_hidden with lm_head_weight(model), which never holds the logits whole.
     """
     lm = causal_lm(model)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, Tq + T) real tokens only
@@ -122,9 +125,17 @@ def forward_response(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
         hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                use_cache=False).last_hidden_state    # (B, Tq + T, C), after the final layer norm
         hidden = hidden[:, query_length - 1:-1].contiguous()         # (B, T, C): position i predicts token i + 1
-        logits = lm.get_output_embeddings()(hidden)                  # (B, T, V)
+        out = lm.get_output_embeddings()(hidden) if logits else hidden  # (B, T, V) or (B, T, C)
     values = value_head(hidden.to(value_head.weight.dtype)).squeeze(-1) if value_head is not None else None  # (B, T)
-    return logits, values
+    return out, values
+
+
+def lm_head_weight(model) -> torch.Tensor:
+    """The LM head's weight # (V, C) (GPT-2's is the token embedding, tied), for logprobs_from_hidden."""
+    head = causal_lm(model).get_output_embeddings()
+    if getattr(head, "bias", None) is not None:
+        raise LabError("internal: logprobs_from_hidden takes an LM head without a bias (GPT-2's has none).")
+    return head.weight
 
 
 class ResponseForward(torch.nn.Module):
@@ -138,8 +149,8 @@ class ResponseForward(torch.nn.Module):
         self.model = model
         self.value_head = value_head
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, query_length: int):
-        return forward_response(self.model, input_ids, attention_mask, query_length, self.value_head)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, query_length: int, logits: bool = True):
+        return forward_response(self.model, input_ids, attention_mask, query_length, self.value_head, logits)
 
 
 def sample_from(probs: torch.Tensor) -> torch.Tensor:

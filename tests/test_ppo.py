@@ -128,6 +128,37 @@ def test_left_padded_batch_logprobs_equal_each_sequence_alone(tiny, prompts):
         assert torch.allclose(batch.ref_logprobs[i, :n], ref_alone[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("algo", ["ppo", "grpo"])
+def test_fused_first_pass_is_the_separate_pass(tiny, prompts, reward_dir, algo, monkeypatch):
+    """One minibatch per epoch: step() takes the old log-probs, values and entropy from the update's first
+    forward pass (fused_first_pass) instead of a no-grad pass of its own. Same update, same numbers as
+    with the separate pass, and the ratio on that first minibatch is exactly 1."""
+    extra = {"algo": algo, "group_size": 4} if algo == "grpo" else {}
+    runs = {}
+    for fused in (True, False):
+        trainer = make_trainer(tiny, prompts, reward_dir, minibatch_size=8, **extra)
+        if not fused:
+            monkeypatch.setattr(trainer, "fused_first_pass", lambda: False)
+        assert trainer.fused_first_pass() is fused
+        trainer.train(progress=False)
+        first = trainer.minibatch_stats  # of the last step; the first step's are in history
+        runs[fused] = (trainer.history, snapshot(trainer.model), first)
+    (fused_history, fused_weights, _), (plain_history, plain_weights, _) = runs[True], runs[False]
+    for a, b in zip(fused_history, plain_history):
+        assert a["ratio_max"] >= 1.0
+        for key in ("kl", "entropy", "pg_loss", "approx_kl", "gold", "score", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    for name in plain_weights:
+        assert torch.allclose(fused_weights[name], plain_weights[name], atol=1e-6), name
+    trainer = make_trainer(tiny, prompts, reward_dir, minibatch_size=8, **extra)
+    trainer.step()
+    assert trainer.minibatch_stats[0]["ratio_max"] == 1.0 and trainer.minibatch_stats[0]["ratio_mean"] == 1.0
+    assert trainer.minibatch_stats[0]["approx_kl"] == 0.0
+    # more than one minibatch per epoch, or micro-batches: the separate pass
+    assert not make_trainer(tiny, prompts, reward_dir, minibatch_size=4).fused_first_pass()
+    assert not make_trainer(tiny, prompts, reward_dir, minibatch_size=8, micro_batch_size=4).fused_first_pass()
+
+
 def test_stored_logprobs_are_those_of_the_sampling_distribution(tiny, prompts):
     """At temperature T the rollout's log-probs are log softmax(logits / T): the distribution the
     tokens were drawn from (N details), as the KV-cache sampling loop saw it."""

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import rlhf_lab.ppo_math as ppo_math
 from rlhf_lab.ppo_math import (
     AdaptiveKLController,
     FixedKLController,
@@ -98,6 +99,37 @@ def test_logprobs_gradient_by_hand_equals_autograd_across_chunks(monkeypatch):
     monkeypatch.setattr(ppo_math, "CHUNK_ELEMENTS", 1)
     p = torch.softmax(logits.detach(), -1)
     assert torch.allclose(entropy_from_logits(logits.detach()), -(p * p.log()).sum(-1), atol=1e-12)
+
+
+def test_logprobs_from_hidden_are_those_of_the_logits(monkeypatch):
+    """The LM head and the log-softmax taken together (_HeadTokenLogprobs, the logits never whole): the same
+    log-probs as logprobs_from_logits(hidden @ W.T), and the same gradients for the hidden states and, when
+    it trains, the head; in any number of chunks."""
+    from rlhf_lab.ppo_math import entropy_from_hidden, logprobs_from_hidden
+    torch.manual_seed(1)
+    hidden = torch.randn(4, 3, 6, dtype=torch.float64, requires_grad=True)  # (B, T, C)
+    weight = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)     # (V, C)
+    tokens = torch.randint(0, 9, (4, 3))                                     # (B, T)
+    weights = torch.randn(4, 3, dtype=torch.float64)
+    for chunk in (1 << 20, 27, 1):  # one chunk, a row of 3 x 9 at a time, fewer elements than a row
+        monkeypatch.setattr(ppo_math, "CHUNK_ELEMENTS", chunk)
+        for temperature in (1.0, 0.7):
+            expected = logprobs_from_logits(hidden @ weight.T, tokens, temperature)
+            got = logprobs_from_hidden(hidden, weight, tokens, temperature)
+            assert torch.allclose(got, expected, atol=1e-12)
+            grads_expected = torch.autograd.grad((expected * weights).sum(), (hidden, weight))
+            grads_got = torch.autograd.grad((got * weights).sum(), (hidden, weight))
+            for a, b in zip(grads_got, grads_expected):
+                assert torch.allclose(a, b, atol=1e-12)
+            assert torch.allclose(entropy_from_hidden(hidden, weight, temperature),
+                                  entropy_from_logits(hidden.detach() @ weight.detach().T, temperature), atol=1e-12)
+        assert torch.autograd.gradcheck(lambda h, w: logprobs_from_hidden(h, w, tokens, 0.7), (hidden, weight))
+    # a frozen head (GPT-2's tied embedding in the lab) gets no gradient, and costs none
+    frozen = weight.detach()
+    (grad_hidden,) = torch.autograd.grad(logprobs_from_hidden(hidden, frozen, tokens).sum(), (hidden,))
+    assert grad_hidden.shape == hidden.shape
+    with pytest.raises(LabError, match="position t predicts"):
+        logprobs_from_hidden(hidden, weight, tokens[:, :2])
 
 
 def test_logprobs_errors_speak():
