@@ -143,3 +143,42 @@ def intensity(word: str) -> float:
     """How much the word scales the next sentiment word: 1.5 for "very", 0.5 for "slightly", else 1."""
     word = word.lower()
     return INTENSIFIERS.get(word, DIMINISHERS.get(word, 1.0))
+
+
+# -----------------------------------------------------------------------------
+# the same text with its sentiment turned around (notebook 01: what BLEU and ROUGE cannot see)
+
+_BY_WEIGHT: dict[float, list[str]] = {}
+for _word, _weight in sorted(LEXICON.items()):
+    _BY_WEIGHT.setdefault(_weight, []).append(_word)
+_RATING_FLIP = {"one": "four", "two": "three", "three": "two", "four": "one"}
+
+
+def _opposite(word: str) -> str | None:
+    """A lexicon word of the opposite sign and (as near as the lexicon has) the same strength."""
+    weight = LEXICON.get(word)
+    if not weight:
+        return None
+    weights = [w for w in _BY_WEIGHT if w * weight < 0]
+    target = min(weights, key=lambda w: (abs(w + weight), -abs(w)))
+    group, own = _BY_WEIGHT[target], _BY_WEIGHT[weight]
+    return group[own.index(word) % len(group)]  # a fixed partner: the same word always flips alike
+
+
+def flip_sentiment(text: str) -> str:
+    """The text with every sentiment word replaced by one of the opposite sign and about the same strength,
+    and a rating "X out of four" mirrored (one <-> four, two <-> three); everything else, spacing and
+    capitals included, as it was. "The acting was superb. Overall, four out of four." becomes a pan that
+    shares all but two of its words with the rave."""
+    words = re.split(r"([A-Za-z']+)", text)
+    out = []
+    for i, piece in enumerate(words):
+        lower = piece.lower()
+        new = _opposite(lower)
+        if lower in _RATING_FLIP and i + 2 < len(words) and words[i + 2].lower() == "out":
+            new = _RATING_FLIP[lower]  # the rating's first number ("four out of four": the second stays)
+        if new is None:
+            out.append(piece)
+        else:
+            out.append(new.capitalize() if piece[:1].isupper() else new)
+    return "".join(out)

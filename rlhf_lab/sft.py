@@ -523,6 +523,27 @@ def token_losses(model, tokenizer, prompt: str, completion: str) -> list[tuple[s
     return [(tokenizer.decode([int(t)]), float(l)) for t, l in zip(targets, losses) if t != IGNORE_INDEX]
 
 
+@torch.no_grad()
+def mean_token_losses(model, tokenizer, rows: list[dict], batch_size: int = 64) -> list[float]:
+    """The mean loss (nats per completion token, EOS included) of each row's completion after its prompt:
+    what SFT's loss says of a whole text. rows: dicts with "prompt" and "completion"."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        batch = collate([build_example(tokenizer, r["prompt"], r["completion"], max_length=10_000) for r in chunk],
+                        tokenizer)
+        logits = forward_logits(model, batch)[:, :-1].float()                       # (B, T-1, V)
+        targets = batch["labels"][:, 1:].to(logits.device)                          # (B, T-1)
+        losses = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX,
+                                 reduction="none")                                  # (B, T-1), 0 where ignored
+        counted = (targets != IGNORE_INDEX).sum(1)                                   # (B,)
+        out += (losses.sum(1) / counted).tolist()
+    model.train(was_training)
+    return out
+
+
 def comparison_html(before: list[dict], after: list[dict], n: int = 8,
                     labels: tuple[str, str] = ("pretrained", "after SFT")) -> str:
     """An HTML table: prompt, then each model's completion with its gold score, side by side.

@@ -1,0 +1,68 @@
+"""Numbers quoted in prose are the numbers the committed runs measured.
+
+Each row names a file, the exact words that quote a number, and where the number comes from: a figure a
+notebook recorded (rlhf_lab.figures, saved in its metadata by scripts/run_notebooks.py) or a file the lab
+ships with its figures (data/tiny-gpt2/pretraining.json). The quoted text must be in the file, and the
+figure, written the way the text writes it, must be the quoted number. Re-run a notebook and a figure
+moves: this test names every sentence to update.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlhf_lab import figures
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def notebook(name):
+    return lambda: figures.of_notebook(ROOT / "notebooks" / f"{name}.ipynb")
+
+
+def pretraining():
+    return json.loads((ROOT / "data" / "tiny-gpt2" / "pretraining.json").read_text())
+
+
+def pct(x):
+    return f"{100 * x:.0f}%"
+
+
+# (file, the quoted words, where the figures come from, the number as the words write it)
+QUOTES = [
+    ("data/README.md", "**Validation perplexity: 4.29**", pretraining, lambda f: f"{f['val_perplexity']:.2f}"),
+    ("data/README.md", "(mean loss 1.456 nats per token", pretraining, lambda f: f"{f['val_loss']:.3f}"),
+    ("data/README.md", "128 positions: 1,175,552 parameters", notebook("00_welcome"), lambda f: f"{f['parameters']:,}"),
+    ("data/README.md", "100% end with EOS", notebook("00_welcome"), lambda f: pct(f["eos_share"])),
+    ("data/README.md", "distinct-2 0.40", notebook("00_welcome"), lambda f: f"{f['distinct_2']:.2f}"),
+    ("data/README.md", "gold scores mean +0.07", notebook("00_welcome"), lambda f: f"{f['mean_gold']:+.2f}"),
+    ("notebooks/00_welcome.ipynb", "its 1.2M-parameter GPT-2", notebook("00_welcome"),
+     lambda f: f"{f['parameters'] / 1e6:.1f}"),
+    ("notebooks/05_overoptimisation.ipynb", "64 samples buy about 3 nats", notebook("05_overoptimisation"),
+     lambda f: f"{f['bon_kl']['64']:.0f}"),
+    ("notebooks/07_iterated_rlhf.ipynb", "89% of round 0's pairs", notebook("07_iterated_rlhf"),
+     lambda f: pct(f["labels_agree_per_round"][0])),
+    ("notebooks/07_iterated_rlhf.ipynb", "75-78% of the later rounds'", notebook("07_iterated_rlhf"),
+     lambda f: f"{100 * min(f['labels_agree_per_round'][1:]):.0f}-{pct(max(f['labels_agree_per_round'][1:]))}"),
+]
+
+
+def prose(path: Path) -> str:
+    """A README's text, or a notebook's markdown cells joined (line breaks as spaces)."""
+    if path.suffix == ".ipynb":
+        cells = json.loads(path.read_text())["cells"]
+        text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    else:
+        text = path.read_text()
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("file, words, source, written", QUOTES, ids=[f"{q[0]}: {q[1]}" for q in QUOTES])
+def test_quoted_number_is_the_measured_one(file, words, source, written):
+    text = prose(ROOT / file)
+    assert words in text, f"{file} no longer says {words!r}: update this test's row or the text"
+    figs = source()
+    assert figs, f"no figures for {words!r}: run scripts/run_notebooks.py on the notebook"
+    number = written(figs)
+    assert number in words, f"{file} says {words!r}, the figures say {number}"
