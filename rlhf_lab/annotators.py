@@ -82,7 +82,8 @@ def agreement_study(texts: list[str], annotators: list[SimulatedAnnotator], k: i
     Scores: for each pair of annotators, the share of texts they score the same and the mean
     absolute difference; averaged over pairs. Rankings: texts are cut into consecutive groups of k
     (like a ranking task with k samples per prompt); for each pair of annotators, the mean pairwise
-    order agreement over groups; averaged over pairs.
+    order agreement over groups; averaged over pairs. score_pair_agreement measures the scores the way
+    rankings are measured: the share of the same text pairs that two annotators' scores order alike.
     """
     if len(annotators) < 2:
         raise ValueError("an agreement study needs at least two annotators")
@@ -92,13 +93,21 @@ def agreement_study(texts: list[str], annotators: list[SimulatedAnnotator], k: i
     groups = [texts[i:i + k] for i in range(0, len(texts) - k + 1, k)]
     rankings = {a.name: [a.rank(g) for g in groups] for a in annotators}
 
-    exact, abs_diff, rank_agree = [], [], []
+    exact, abs_diff, rank_agree, score_pair_agree = [], [], [], []
     for a, b in itertools.combinations([a.name for a in annotators], 2):
         diffs = [abs(x - y) for x, y in zip(scores[a], scores[b])]
         exact.append(sum(d <= 0.5 for d in diffs) / len(diffs))
         abs_diff.append(sum(diffs) / len(diffs))
         per_group = [ranking_agreement(ra, rb) for ra, rb in zip(rankings[a], rankings[b])]
         rank_agree.append(sum(per_group) / len(per_group))
+        # the same measure from the scores: does each annotator's pair of scores order the two texts alike?
+        # A tie in either orders nothing, and counts one half (as a coin would decide it)
+        same = []
+        for start in range(0, len(groups) * k, k):
+            for i, j in itertools.combinations(range(start, start + k), 2):
+                da, db = scores[a][i] - scores[a][j], scores[b][i] - scores[b][j]
+                same.append(0.5 if da == 0 or db == 0 else float((da > 0) == (db > 0)))
+        score_pair_agree.append(sum(same) / len(same))
 
     def mean(xs):
         return sum(xs) / len(xs)
@@ -107,6 +116,7 @@ def agreement_study(texts: list[str], annotators: list[SimulatedAnnotator], k: i
         "score_exact_agreement": mean(exact),  # share of texts two annotators score the same
         "score_mean_abs_diff": mean(abs_diff),  # rating points apart, on average
         "ranking_agreement": mean(rank_agree),  # share of text pairs ordered the same
+        "score_pair_agreement": mean(score_pair_agree),  # the same share, read off the scores (ties: 1/2)
         "mean_score": {name: mean(s) for name, s in scores.items()},  # each one's calibration
         "n_texts": len(texts),
         "n_groups": len(groups),

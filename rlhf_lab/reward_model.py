@@ -418,6 +418,56 @@ def truncate_trunk(model, n_layer: int):
     return small
 
 
+def random_trunk(model, seed: int = 0):
+    """A GPT-2 of the same shape as `model` with freshly initialised weights (transformers' own init,
+    seeded): the "random initialisation" a reward model can start from instead of a pretrained trunk."""
+    torch.manual_seed(seed)
+    fresh = type(model)(copy.deepcopy(model.config))
+    return fresh.to(next(model.parameters()).device).eval()
+
+
+def gold_pairs(items: list[dict]):
+    """Every pair of a prompt's completions that the gold labeler does not tie, chosen = gold's preference:
+    held-out pairs whose labels are the truth, not a noisy annotator's. items: [{"prompt", "completions"}]
+    (pipeline.sample_items)."""
+    import datasets  # here, not at the top: see the imports above
+
+    rows = []
+    for item in items:
+        scored = [(gold_score(item["prompt"] + c), c) for c in item["completions"]]
+        for i in range(len(scored)):
+            for j in range(i + 1, len(scored)):
+                (a, text_a), (b, text_b) = scored[i], scored[j]
+                if abs(a - b) > 1e-9 and text_a != text_b:
+                    chosen, rejected = (text_a, text_b) if a > b else (text_b, text_a)
+                    rows.append({"prompt": item["prompt"], "chosen": chosen, "rejected": rejected})
+    return datasets.Dataset.from_list(rows)
+
+
+def size_study(cfg: RewardConfig, train_pairs, eval_pairs, trunk, tokenizer, layers=(1, 2, 4), seeds=(0, 1, 2),
+               random_init: bool = True, progress: bool = True) -> list[dict]:
+    """Reward models of several trunk depths (the first n blocks of the pretrained trunk, truncate_trunk) and,
+    with random_init, one of the full depth from random weights, each trained on the same pairs with every seed
+    and measured against gold on eval_pairs (gold_pairs: enough of them that the seeds' spread, not one run's
+    luck, decides). Rows: init, layers, parameters, seed, gold accuracy, seconds."""
+    runs = [("pretrained", n) for n in layers] + ([("random", max(layers))] if random_init else [])
+    rows = []
+    bar = tqdm(total=len(runs) * len(seeds), desc="reward models", disable=not progress)
+    for init, n_layer in runs:
+        for seed in seeds:
+            start = truncate_trunk(trunk, n_layer) if init == "pretrained" else \
+                truncate_trunk(random_trunk(trunk, seed), n_layer)
+            result = train_reward_model(dataclasses.replace(cfg, seed=seed), train_pairs, trunk=start, tokenizer=tokenizer,
+                                        eval_pairs=eval_pairs, progress=False)
+            trunk_parameters = sum(p.numel() for p in start.parameters())
+            rows.append({"init": init, "layers": n_layer, "trunk parameters": trunk_parameters, "seed": seed,
+                         "gold_accuracy": result.metrics["gold_accuracy"], "eval_pairs": result.metrics["n_gold_pairs"],
+                         "seconds": result.seconds})
+            bar.update()
+    bar.close()
+    return rows
+
+
 # -----------------------------------------------------------------------------
 # training
 

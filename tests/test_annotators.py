@@ -55,12 +55,37 @@ def test_ranking_agreement():
 
 
 def test_rankings_agree_far_more_than_scores(texts):
-    """The seed claim of RLHF's data collection, measured: ~0.89 vs ~0.17 on these texts."""
+    """The seed claim of RLHF's data collection, measured: ~0.89 vs ~0.17 on these texts (two different
+    measures), and on one measure, the share of pairs ordered alike."""
     study = agreement_study(texts, default_panel(), k=4)
     assert study["ranking_agreement"] >= 0.8
     assert study["score_exact_agreement"] <= 0.4
     assert study["score_mean_abs_diff"] >= 1.0
     assert study["n_groups"] == 50 and study["n_annotators"] == 5
+    # measured alike (the share of the same text pairs two annotators order alike), the scores agree less:
+    # a 1-10 scale ties many pairs a ranking must order
+    assert 0.5 < study["score_pair_agreement"] < study["ranking_agreement"]
     assert agreement_study(texts, default_panel(), k=4) == study  # deterministic
     with pytest.raises(ValueError):
         agreement_study(texts, default_panel()[:1])
+
+
+def test_score_pair_agreement_on_hand_made_scores():
+    """Two annotators, two groups of k = 2: pair 1 ordered alike, pair 2 opposite: 1/2; a tie counts 1/2."""
+
+    class Fixed(SimulatedAnnotator):
+        def __init__(self, name, scores, order):
+            super().__init__(name)
+            self._scores, self._order = scores, order
+
+        def score(self, texts):
+            return self._scores
+
+        def rank(self, texts):
+            return self._order
+
+    texts = ["a", "b", "c", "d"]
+    study = agreement_study(texts, [Fixed("x", [5, 3, 2, 7], [0, 1]), Fixed("y", [9, 1, 6, 4], [0, 1])], k=2)
+    assert study["score_pair_agreement"] == pytest.approx(0.5)
+    study = agreement_study(texts, [Fixed("x", [5, 5, 2, 7], [0, 1]), Fixed("y", [9, 1, 2, 7], [0, 1])], k=2)
+    assert study["score_pair_agreement"] == pytest.approx((0.5 + 1) / 2)

@@ -25,8 +25,8 @@ def pretraining():
     return json.loads((ROOT / "data" / "tiny-gpt2" / "pretraining.json").read_text())
 
 
-def pct(x):
-    return f"{100 * x:.0f}%"
+def pct(x, digits=0):
+    return f"{100 * x:.{digits}f}%"
 
 
 # (file, the quoted words, where the figures come from, the number as the words write it)
@@ -45,6 +45,30 @@ QUOTES = [
      lambda f: pct(f["labels_agree_per_round"][0])),
     ("notebooks/07_iterated_rlhf.ipynb", "75-78% of the later rounds'", notebook("07_iterated_rlhf"),
      lambda f: f"{100 * min(f['labels_agree_per_round'][1:]):.0f}-{pct(max(f['labels_agree_per_round'][1:]))}"),
+    ("notebooks/02_rankings.ipynb", "against gold on 599 held-out pairs", notebook("08_classroom"),
+     lambda f: str(f["rm_eval_pairs"])),
+    ("notebooks/02_rankings.ipynb", "75.0% from the scores", notebook("08_classroom"),
+     lambda f: pct(f["rm_gold_acc_from_scores"], 1)),
+    ("notebooks/02_rankings.ipynb", "75.3% from the rankings", notebook("08_classroom"),
+     lambda f: pct(f["rm_gold_acc_from_rankings"], 1)),
+    ("notebooks/02_rankings.ipynb", "standardising each learner's scores first (76.7%)", notebook("08_classroom"),
+     lambda f: pct(f["rm_gold_acc_from_scores_per_learner"], 1)),
+    ("notebooks/03_reward_model.ipynb", "On 1,509 held-out pairs ordered by gold", notebook("03_reward_model"),
+     lambda f: f"{f['size_study_pairs']:,}"),
+    ("notebooks/03_reward_model.ipynb", "**82.7%** against gold with one layer", notebook("03_reward_model"),
+     lambda f: pct(f["trunk_sizes"]["1 layer, pretrained"]["gold_accuracy"], 1)),
+    ("notebooks/03_reward_model.ipynb", "**85.2%** with two", notebook("03_reward_model"),
+     lambda f: pct(f["trunk_sizes"]["2 layers, pretrained"]["gold_accuracy"], 1)),
+    ("notebooks/03_reward_model.ipynb", "**87.3%** with all four", notebook("03_reward_model"),
+     lambda f: pct(f["trunk_sizes"]["4 layers, pretrained"]["gold_accuracy"], 1)),
+    ("notebooks/03_reward_model.ipynb", "standard deviation is at most 1.4 points", notebook("03_reward_model"),
+     lambda f: f"{100 * max(v['std'] for k, v in f['trunk_sizes'].items() if 'pretrained' in k):.1f}"),
+    ("notebooks/03_reward_model.ipynb", "reach only **70.0%**", notebook("03_reward_model"),
+     lambda f: pct(f["trunk_sizes"]["4 layers, random"]["gold_accuracy"], 1)),
+    ("notebooks/03_reward_model.ipynb", "(3.4 points between seeds)", notebook("03_reward_model"),
+     lambda f: f"{100 * f['trunk_sizes']['4 layers, random']['std']:.1f}"),
+    ("notebooks/03_reward_model.ipynb", "worth some 17 points over random weights", notebook("03_reward_model"),
+     lambda f: f"{100 * (f['trunk_sizes']['4 layers, pretrained']['gold_accuracy'] - f['trunk_sizes']['4 layers, random']['gold_accuracy']):.0f}"),
 ]
 
 

@@ -388,3 +388,36 @@ def test_normalisation_samples_the_runs_own_held_out_prompts(tiny, tmp_path):
     held_out = set(load_prompts(data, "validation")["prompt"])
     assert len(samples) == 5 and {s["prompt"] for s in samples} <= held_out
     assert all(s["prompt"].startswith("Zebra") for s in samples)
+
+
+def test_gold_pairs_keep_every_untied_pair_in_golds_order():
+    from rlhf_lab.gold import gold_score
+    from rlhf_lab.reward_model import gold_pairs
+
+    items = [{"prompt": "The film was", "completions": [" superb.", " awful.", " superb.", " fine."]}]
+    pairs = gold_pairs(items)
+    # 6 pairs of 4 completions, less the identical pair (" superb." twice: a tie)
+    assert len(pairs) == 5
+    for row in pairs:
+        assert gold_score(row["prompt"] + row["chosen"]) > gold_score(row["prompt"] + row["rejected"])
+    assert gold_order(pairs) == [1] * 5
+
+
+def test_size_study_trains_each_trunk_and_a_random_start(tiny):
+    """rm_lib.size_study: the first blocks of the pretrained trunk, and the same shape from random weights,
+    on the same pairs; a random trunk is not the pretrained one, and the trunk given is never changed."""
+    from rlhf_lab.reward_model import random_trunk, size_study
+
+    model, tokenizer = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh = random_trunk(model, seed=0)
+    assert not torch.equal(fresh.transformer.h[0].attn.c_attn.weight, model.transformer.h[0].attn.c_attn.weight)
+    assert torch.equal(random_trunk(model, seed=0).transformer.wte.weight, fresh.transformer.wte.weight)  # seeded
+    train, held_out = split_by_prompt(toy_pairs(), 0.34, seed=0)
+    rows = size_study(toy_cfg(epochs=1), train, held_out, model, tokenizer, layers=(1, 2), seeds=(3,),
+                      progress=False)
+    assert [(r["init"], r["layers"], r["seed"]) for r in rows] == [("pretrained", 1, 3), ("pretrained", 2, 3),
+                                                                   ("random", 2, 3)]
+    assert rows[0]["trunk parameters"] < rows[1]["trunk parameters"] == rows[2]["trunk parameters"]
+    assert all(0 <= r["gold_accuracy"] <= 1 and r["eval_pairs"] == len(held_out) for r in rows)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
