@@ -290,6 +290,22 @@ class TrunkRewardModel:
         return self.reward_model.normalised(raw).float()                                 # (B,)
 
 
+class SeparateRewardModel:
+    """The stage-2 reward model on a trunk of its own, scoring the texts: for a policy whose trunk is not the
+    one the reward model was trained on (PPO from the pretrained model, build_trainer(start="pretrained")).
+    A second copy of the backbone in memory, and the texts are tokenised again; the scores are the same."""
+
+    name = "reward model"
+    normalised = True
+
+    def __init__(self, reward_model):
+        self.reward_model = reward_model  # a RewardModel with its own trunk (load_reward_model(path))
+
+    @torch.no_grad()
+    def score(self, prompts: list[str], completions: list[str], rollout: Rollout | None = None) -> torch.Tensor:
+        return torch.tensor(self.reward_model.score_texts(prompts, completions), dtype=torch.float32)  # (B,)
+
+
 # -----------------------------------------------------------------------------
 # the value head (the trunk itself: rlhf_lab/trunk.py)
 
@@ -945,22 +961,39 @@ class PPOResult:
 
 
 def build_trainer(cfg: PPOConfig, out_dir: str | Path | None = None, resume: bool = False,
-                  reward: Reward | None = None, progress: bool = True) -> PPOTrainer:
+                  reward: Reward | None = None, progress: bool = True, start: str = "sft") -> PPOTrainer:
     """The shared trunk (SFT merged), the policy adapter, the reward on the same trunk, and the trainer.
 
     cfg.sft / cfg.reward_model None: the pipeline's (made quickly if missing). reward: your own Reward
     instead of cfg.reward. out_dir: resume=True continues from its checkpoint; otherwise an earlier
     run's checkpoint and metrics there are cleared.
+    start="pretrained": skip SFT (the seed calls it optional): the policy starts from, and its KL is measured
+    to, the pretrained model cfg.model; a reward model (cfg.reward "rm") then scores on a trunk of its own
+    (SeparateRewardModel), since its adapter fits only the SFT trunk it was trained on.
     """
     from .loading import load_prompts
 
     start_time = time.time()
-    if cfg.sft is None:
+    if cfg.sft is None and start == "sft":
         from .pipeline import ensure_sft
         cfg.sft = str(ensure_sft())
+    if start not in ("sft", "pretrained"):
+        raise LabError(f"start={start!r}: use 'sft' (the SFT model, the default) or 'pretrained' (no SFT).")
     set_seed(cfg.seed)
-    trunk, tokenizer = build_trunk(cfg.sft, base=cfg.model, device=pick_device(cfg.device))
-    model = add_policy_adapter(trunk, cfg)
+    if start == "pretrained":
+        from .loading import load_model
+        from .reward_model import load_reward_model
+
+        trunk, tokenizer = load_model(cfg.model, device=pick_device(cfg.device))
+        model = add_policy_adapter(trunk, cfg)
+        if reward is None and cfg.reward == "rm":
+            if cfg.reward_model is None:
+                from .pipeline import ensure_reward_model
+                cfg.reward_model = str(ensure_reward_model())
+            reward = SeparateRewardModel(load_reward_model(cfg.reward_model, device=pick_device(cfg.device)))
+    else:
+        trunk, tokenizer = build_trunk(cfg.sft, base=cfg.model, device=pick_device(cfg.device))
+        model = add_policy_adapter(trunk, cfg)
     reward = reward if reward is not None else make_reward(cfg, model, tokenizer)
     prompts = load_prompts(cfg.prompts, "train")["prompt"]
     trainer = PPOTrainer(cfg, model, tokenizer, reward, prompts, out_dir)

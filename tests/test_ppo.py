@@ -700,3 +700,24 @@ def test_algo_config_errors_speak_to_the_learner(tiny, prompts):
         ppo_config(algo="rloo", group_size=3)
     with pytest.raises(ConfigError, match="one of ppo, rloo, grpo"):
         ppo_config(algo="dqn")
+
+
+def test_ppo_from_the_pretrained_model_skips_sft(reward_dir, monkeypatch):
+    """build_trainer(start="pretrained"): the policy and its reference are the pretrained trunk itself (no SFT
+    merged: the same weights as load_model), and the reward model scores texts on a trunk of its own."""
+    from rlhf_lab.loading import load_model
+    from rlhf_lab.ppo import SeparateRewardModel, build_trainer
+
+    cfg = ppo_config(fast=True, steps=1, batch_size=8, minibatch_size=8, max_new_tokens=8, norm_episodes=16,
+                     eval_prompts=8, device="cpu", reward_model=str(reward_dir))
+    monkeypatch.setattr("rlhf_lab.pipeline.ensure_sft", lambda *a, **k: pytest.fail("no SFT may be made"))
+    trainer = build_trainer(cfg, start="pretrained")
+    assert isinstance(trainer.reward, SeparateRewardModel) and cfg.sft is None
+    pretrained, _ = load_model("tiny", device="cpu")
+    with use_adapter(trainer.model, None):
+        base = causal_lm(trainer.model)
+        assert torch.equal(base.transformer.h[0].mlp.c_fc.base_layer.weight, pretrained.transformer.h[0].mlp.c_fc.weight)
+    metrics = trainer.step()
+    assert metrics["kl"] == 0.0 and math.isfinite(metrics["score"])
+    with pytest.raises(LabError, match="start='nothing': use 'sft'"):
+        build_trainer(cfg, start="nothing")
