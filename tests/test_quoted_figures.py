@@ -69,6 +69,13 @@ QUOTES = [
      lambda f: f"{100 * f['trunk_sizes']['4 layers, random']['std']:.1f}"),
     ("notebooks/03_reward_model.ipynb", "worth some 17 points over random weights", notebook("03_reward_model"),
      lambda f: f"{100 * (f['trunk_sizes']['4 layers, pretrained']['gold_accuracy'] - f['trunk_sizes']['4 layers, random']['gold_accuracy']):.0f}"),
+    ("notebooks/04_ppo.ipynb", "the same 40 updates reach **+1.33** (from +0.07)", notebook("04_ppo"),
+     lambda f: f"{f['steps']} updates reach **{f['from_pretrained']['gold_after']:+.2f}** (from "
+               f"{f['from_pretrained']['gold_before']:+.2f})"),
+    ("notebooks/04_ppo.ipynb", "from the SFT model **+1.25** (from +0.08)", notebook("04_ppo"),
+     lambda f: f"**{f['gold_ppo']:+.2f}** (from {f['gold_sft']:+.2f})"),
+    ("notebooks/04_ppo.ipynb", "at 4.3 and 4.0 nats of KL", notebook("04_ppo"),
+     lambda f: f"{f['from_pretrained']['kl']:.1f} and {f['kl']:.1f}"),
 ]
 
 
