@@ -11,7 +11,10 @@ mistake fails it, and random batches compared with the package's reference imple
 (rlhf_lab.sft, rlhf_lab.rankings, rlhf_lab.ppo_math). Every case is run; the verdict names the first
 failing case, what was expected and what came back. The hint comes from the usual mistakes, which are
 written out below as small wrong implementations: if the learner's function agrees with one of them
-on every case, the verdict names that mistake. Otherwise the failing case's own hint is given.
+on every case (or, for a mistake that comes in many spellings such as whitening inside gae, shows its
+tell-tale sign), the verdict names that mistake. Otherwise the failing case's own hint is given. Before
+any of that, a function that returns a Python float, a NumPy array or a list where a tensor belongs is
+told so: the values are not compared further, as no usual mistake can explain a wrong type.
 
 Grading: `grade(path_or_namespace)` runs every check on a learner's notebook (its cells tagged
 "exercise") or module and prints a score; from a shell:
@@ -120,6 +123,10 @@ class Mistake:
     hint: str
     fn: Callable  # a wrong implementation with the exercise's signature
     key: str = ""  # a name of its own, when several mistakes share a tag (usual_mistake finds it by either)
+    # for a mistake with many spellings: looks_like(got, case) -> True (this output shows the mistake's
+    # sign), False (it does not), None (this case cannot tell). The learner's function is diagnosed with
+    # it when no case says False and at least two say True, even where it disagrees with fn.
+    looks_like: Callable | None = None
 
 
 def _clone(value, requires_grad: bool = False):
@@ -182,8 +189,10 @@ def _run_check(exercise: int, name: str, fn, reference, cases: list[Case], mista
         return finish([f"\u2717 {title}: expected a function, got {type(fn).__name__}. {result.hint}"])
 
     outcomes = []  # (case, ok, got, detail lines, error: the exception, "in place", or None)
+    expected_outputs = []  # the reference's output on each case, in the same order
     for case in cases:
         expected, _ = call(reference, case)
+        expected_outputs.append(expected)
         try:
             got, changed = call(fn, case)
         except NotImplementedError as e:
@@ -209,32 +218,33 @@ def _run_check(exercise: int, name: str, fn, reference, cases: list[Case], mista
         return finish([f"\u2713 {title}: all {len(cases)} cases pass (hand-made cases, and random batches "
                        "against the package's reference). Well done: now plug it in below."])
 
-    # which usual mistake? one that gives the learner's outputs on every case
+    # a wrong type first: no usual mistake explains it, and the values cannot be compared
+    wrong_type = next(((outcome, hint) for outcome, expected in zip(outcomes, expected_outputs)
+                       if outcome[4] is None and (hint := _wrong_type_hint(expected, outcome[2], name))), None)
     diagnosed = None
-    for mistake in mistakes:
-        agrees = True
-        for case, ok, got, _, error in outcomes:
-            try:
-                wrong, _ = call(mistake.fn, case)
-            except Exception:
-                agrees = error is not None
-            else:
-                agrees = error is None and got is not None and compare(wrong, got, case)[0]
-            if not agrees:
-                break
-        if agrees:
-            diagnosed = mistake
-            break
+    if wrong_type is None:
+        # which usual mistake? one that gives the learner's outputs on every case, or shows its sign
+        diagnosed = next((m for m in mistakes if _agrees(m, outcomes, call, compare) or _shows_sign(m, outcomes)),
+                         None)
 
-    case, _, got, detail, error = failures[0]
+    case, _, got, detail, error = wrong_type[0] if wrong_type else failures[0]
     result.failed_case = case.name
-    result.mistake, result.hint = (diagnosed.tag, diagnosed.hint) if diagnosed else (case.mistake, case.hint)
-    if error == "in place" and diagnosed is None:
+    if wrong_type:
+        result.mistake, result.hint = "not_a_tensor", wrong_type[1]
+    elif diagnosed:
+        result.mistake, result.hint = diagnosed.tag, diagnosed.hint
+    elif error == "in place":
         result.mistake = "modified_input"
         result.hint = "work on a copy (x = x.clone(), or torch.where(mask, x, 0)) instead of changing x in place."
-    elif error is not None and diagnosed is None:
+    elif error is not None:
         result.mistake = "error"
         result.hint = (f"Read the error above; {case.hint}" if case.hint else "Read the error above.")
+    else:
+        result.mistake, result.hint = case.mistake, case.hint
+        if not result.hint:  # a case without a hint of its own, e.g. a random batch
+            result.hint = ("none of the usual mistakes fits. Go through your code line by line against the "
+                           "equation above, on this case" + (" (a random batch: several rows, different "
+                                                             "lengths, padding)." if not case.show else "."))
     lines.append(f"\u2717 {title}: {result.n_passed} of {len(cases)} cases pass.")
     lines.append(f"  First failing case: {case.name}")
     if case.show:
@@ -244,11 +254,78 @@ def _run_check(exercise: int, name: str, fn, reference, cases: list[Case], mista
             lines.append(f"    {key} = {_fmt(value)}")
     lines += [f"    {d}" for d in detail]
     label = result.mistake.replace("_", " ") if result.mistake not in ("other", "error") else "hint"
-    lines.append(f"  {'Likely mistake' if diagnosed else 'Hint'} ({label}): {result.hint}")
-    others = [c.name for c, *_ in failures[1:]]
+    verdict = "Mistake" if wrong_type else "Likely mistake" if diagnosed else "Hint"
+    lines.append(f"  {verdict} ({label}): {result.hint}")
+    others = [c.name for c, *_ in failures if c is not case]
     if others:
         lines.append(f"  Also failing: {'; '.join(others)}")
     return finish(lines)
+
+
+def _agrees(mistake: Mistake, outcomes: list, call: Callable, compare: Callable) -> bool:
+    """Whether the mistake's wrong implementation gives the learner's outputs on every case (or raises
+    where the learner's function raised)."""
+    for case, _, got, _, error in outcomes:
+        try:
+            wrong, _ = call(mistake.fn, case)
+        except Exception:
+            if error is None:
+                return False
+        else:
+            if error is not None or got is None or not compare(wrong, got, case)[0]:
+                return False
+    return True
+
+
+def _shows_sign(mistake: Mistake, outcomes: list) -> bool:
+    """Whether the learner's outputs show the mistake's tell-tale sign: no case contradicts it, and at
+    least two cases show it."""
+    if mistake.looks_like is None:
+        return False
+    verdicts = []
+    for case, _, got, _, error in outcomes:
+        if error is None and got is not None:
+            try:
+                verdicts.append(mistake.looks_like(got, case))
+            except Exception:  # the learner's output may be anything
+                verdicts.append(None)
+    return False not in verdicts and verdicts.count(True) >= 2
+
+
+def _wrong_type_hint(expected, got, name: str) -> str | None:
+    """What to tell a learner whose function returned a Python number, a NumPy array or a list where the
+    reference returns a tensor (or a tuple of tensors); None when the types are right."""
+    if isinstance(expected, torch.Tensor):
+        pairs = [(expected, got[0] if isinstance(got, tuple) and got else got)]  # (loss, stats) is fine
+    elif (isinstance(expected, tuple) and all(isinstance(e, torch.Tensor) for e in expected)
+          and isinstance(got, (tuple, list)) and len(got) == len(expected)):
+        pairs = list(zip(expected, got))
+    else:
+        return None
+    for e, g in pairs:
+        if isinstance(g, torch.Tensor):
+            continue
+        if isinstance(g, (bool, int, float)):
+            what, fix = f"a Python {type(g).__name__}", "drop the .item() (or float(...))"
+        elif type(g).__module__ == "numpy":
+            what = "a NumPy array" if type(g).__name__ == "ndarray" else "a NumPy number"
+            fix = "compute with torch functions, without .numpy()"
+        elif isinstance(g, (list, tuple)):
+            what, fix = f"a Python {type(g).__name__}", "build it with torch functions (torch.stack, torch.where)"
+        else:
+            return None  # e.g. None: the comparison says what came back
+        if e.dim() == 0:  # a loss
+            need = "return the 0-d tensor so that gradients can flow (the training loop calls .backward() on it)"
+        else:
+            need = "return a tensor (the training loop indexes it and does tensor arithmetic with it)"
+        try:
+            right = _close(e, g)
+        except Exception:
+            right = False
+        value = ("Its value is right: only the type is wrong." if right else
+                 "Its value differs from the reference too: fix the type, then run the check again.")
+        return f"your {name} returned {what}; {need}: {fix}. {value}"
+    return None
 
 
 # -----------------------------------------------------------------------------
@@ -539,6 +616,16 @@ PAIRWISE_MISTAKES = [
             "of the label under Bradley-Terry.", lambda c, r: -torch.sigmoid(c - r).mean()),
     Mistake("probability_not_log", "the loss is -log sigmoid(margin), not 1 - sigmoid(margin).",
             lambda c, r: (1 - torch.sigmoid(c - r)).mean()),
+    Mistake("hinge_loss", "that is a hinge (margin ranking) loss, max(0, 1 - margin), not Bradley-Terry: it is "
+            "exactly 0, with no gradient, once the margin passes 1, and it is not the likelihood of the label. "
+            "The Bradley-Terry loss is -log sigmoid(r_chosen - r_rejected), smooth everywhere: log 2 at margin "
+            "0, falling towards 0 as the margin grows. Use F.logsigmoid on the margin.",
+            lambda c, r: F.relu(1 - (c - r)).mean(), "hinge_margin_1"),
+    Mistake("hinge_loss", "that is a hinge loss with margin 0, max(0, -margin) (F.margin_ranking_loss's "
+            "default), not Bradley-Terry: every pair already in the right order costs 0 and teaches nothing. "
+            "The Bradley-Terry loss is -log sigmoid(r_chosen - r_rejected): log 2 at margin 0, falling "
+            "towards 0 as the margin grows. Use F.logsigmoid on the margin.",
+            lambda c, r: F.relu(r - c).mean(), "hinge_margin_0"),
 ]
 
 
@@ -734,7 +821,8 @@ def check_kl_shaped_rewards(fn, verbose: bool = True) -> CheckResult:
 
 
 def _gae_variant(rewards, values, mask, gamma=1.0, lam=0.95, *, next_same=False, store_before=False,
-                 forward=False, use_mask=True, add_values=True, delta_sign=1.0, lam_in_recursion=True):
+                 forward=False, use_mask=True, add_values=True, delta_sign=1.0, lam_in_recursion=True,
+                 whiten=False):
     """A configurable GAE, to write out the usual mistakes."""
     maskb = mask.bool()
     if use_mask:
@@ -758,7 +846,29 @@ def _gae_variant(rewards, values, mask, gamma=1.0, lam=0.95, *, next_same=False,
         if not store_before:
             advantages[:, t] = lastgaelam
     returns = advantages + values if add_values else advantages
+    if whiten:  # the returns from the raw advantages, then the advantages whitened over the response tokens
+        mean = ppo_math.masked_mean(advantages, maskb)
+        std = ppo_math.masked_mean((advantages - mean) ** 2, maskb).sqrt()
+        advantages = torch.where(maskb, (advantages - mean) / (std + 1e-8), torch.zeros_like(advantages))
     return advantages, returns
+
+
+def _looks_whitened(got, case) -> bool | None:
+    """Whether gae's advantages have mean 0 and standard deviation 1: over the response tokens, over each
+    response, or over the whole (B, T) tensor. None where the case cannot tell (under 3 response tokens)."""
+    mask = case.args[2].bool()
+    if mask.sum() < 3:
+        return None
+    advantages = got[0].detach().to(torch.float64)
+
+    def whitened(x):
+        if x.numel() < 2:
+            return False
+        spread = [x.std(correction=0).item(), x.std().item()]  # biased or unbiased: either is whitening
+        return abs(x.mean().item()) < 1e-3 and any(abs(sd - 1) < 0.02 for sd in spread)
+
+    rows = [advantages[b][mask[b]] for b in range(mask.shape[0]) if mask[b].sum() >= 2]
+    return whitened(advantages[mask]) or whitened(advantages.flatten()) or bool(rows and all(map(whitened, rows)))
 
 
 GAE_MISTAKES = [
@@ -782,6 +892,14 @@ GAE_MISTAKES = [
             lambda r, v, m, gamma=1.0, lam=0.95: _gae_variant(r, v, m, gamma, lam, delta_sign=-1.0)),
     Mistake("discount_wrong", "the recursion is A_t = delta_t + gamma * lam * A_{t+1}: both gamma and lam.",
             lambda r, v, m, gamma=1.0, lam=0.95: _gae_variant(r, v, m, gamma, lam, lam_in_recursion=False)),
+    # whitening comes in many spellings (masked or not, per row, biased or not, returns before or after):
+    # the sign of all of them is advantages with mean 0 and standard deviation 1
+    Mistake("whitened_inside_gae", "your advantages are whitened (mean 0, std 1). gae returns the raw "
+            "advantages: the PPO loop whitens them itself, per batch, right after gae (rlhf_lab.ppo calls "
+            "masked_whiten(advantages, mask)), and the value head's target is returns = raw advantages + "
+            "values. A one-token response has no spread to divide by at all. Take the normalisation out of "
+            "gae.", lambda r, v, m, gamma=1.0, lam=0.95: _gae_variant(r, v, m, gamma, lam, whiten=True),
+            looks_like=_looks_whitened),
 ]
 
 
@@ -826,8 +944,8 @@ def check_gae(fn, verbose: bool = True) -> CheckResult:
 
 
 def _policy_variant(logprobs, old_logprobs, advantages, mask, clip_range=0.2, *, sign=-1.0, use_mask=True,
-                    combine="max", clip="ratio"):
-    ratio = torch.exp(logprobs - old_logprobs)
+                    combine="max", clip="ratio", ratio_of_logprobs=False, per_sequence=False):
+    ratio = logprobs / old_logprobs if ratio_of_logprobs else torch.exp(logprobs - old_logprobs)
     clipped = ratio
     if clip == "ratio":
         clipped = torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
@@ -845,6 +963,8 @@ def _policy_variant(logprobs, old_logprobs, advantages, mask, clip_range=0.2, *,
               "clipped_only": losses2}[combine]
     if not use_mask:
         return losses.mean()
+    if per_sequence:
+        return ppo_math.masked_mean(losses, mask, dim=1).mean()
     return ppo_math.masked_mean(losses, mask)
 
 
@@ -857,6 +977,13 @@ POLICY_MISTAKES = [
             "maximise the advantage-weighted ratio.", _pv(sign=1.0)),
     Mistake("mask_forgotten", "average over the response tokens only (the mask), e.g. ppo_math.masked_mean: "
             "padding after EOS is not part of any response.", _pv(use_mask=False)),
+    Mistake("mean_of_means", "average over all response tokens of the batch at once (the masked sum divided "
+            "by mask.sum()), not per response and then over responses: a per-response mean gives each token "
+            "of a short response more weight than a token of a long one.", _pv(per_sequence=True)),
+    Mistake("ratio_of_logprobs", "the ratio is of probabilities, pi / pi_old = exp(logprobs - old_logprobs): "
+            "log-probabilities subtract where probabilities divide. logprobs / old_logprobs is 1 when the two "
+            "are equal (so the ratio-1 cases pass) but is no probability ratio anywhere else.",
+            _pv(ratio_of_logprobs=True)),
     Mistake("min_instead_of_max", "the loss takes the *max* of the two terms (-A * ratio and -A * clipped "
             "ratio): the pessimistic bound, PPO eq. 7 with the sign flipped for a loss. min is the "
             "optimistic one and removes the clip's brake.", _pv(combine="min")),
@@ -879,6 +1006,7 @@ def _policy_cases() -> list[Case]:
     t = torch.tensor
     g = torch.Generator().manual_seed(6)
     old = t([[-1.0, -2.0, -0.5]])
+    old2 = t([[-1.0, -2.0, -0.5], [-0.3, -1.2, -0.8]])
 
     def lp(*ratios, base=None):
         base = old if base is None else base
@@ -890,6 +1018,9 @@ def _policy_cases() -> list[Case]:
              mistake="sign_flipped", hint="loss = -advantage * ratio, averaged."),
         Case("padding with large advantages is left out", (old.clone(), old, t([[1.0, 0.5, 50.0]]), t([[1, 1, 0]])),
              mistake="mask_forgotten", hint="average over the mask's 1s only."),
+        Case("responses of 1 and 3 tokens: every token weighs the same (loss -5 / 4)",
+             (old2.clone(), old2, t([[2.0, 0.0, 0.0], [1.0, 1.0, 1.0]]), t([[1, 0, 0], [1, 1, 1]])),
+             mistake="mean_of_means", hint="sum over all response tokens of the batch, divided by mask.sum()."),
         Case("ratio 1.5 with a positive advantage: the clip binds (loss -1.2, not -1.5)",
              (lp(1.5, base=t([[-1.0]])), t([[-1.0]]), t([[1.0]]), t([[1]])), mistake="no_clipping",
              hint="max(-A * ratio, -A * clamp(ratio, 0.8, 1.2))."),
@@ -931,14 +1062,17 @@ def check_policy_loss(fn, verbose: bool = True) -> CheckResult:
 
 
 def _value_variant(values, old_values, returns, mask, clip_range_value=0.2, *, use_mask=True, combine="max",
-                   clip="old", half=True):
+                   clip="old", half=True, per_sequence=False):
     center = {"old": old_values, "returns": returns, "zero": torch.zeros_like(old_values)}[clip]
     clipped = center + torch.clamp(values - center, -clip_range_value, clip_range_value)
     losses1 = (values - returns) ** 2
     losses2 = (clipped - returns) ** 2
     losses = {"max": torch.max(losses1, losses2), "min": torch.min(losses1, losses2), "none": losses1,
               "clipped_only": losses2}[combine]
-    loss = ppo_math.masked_mean(losses, mask) if use_mask else losses.mean()
+    if per_sequence:
+        loss = ppo_math.masked_mean(losses, mask, dim=1).mean()
+    else:
+        loss = ppo_math.masked_mean(losses, mask) if use_mask else losses.mean()
     return 0.5 * loss if half else loss
 
 
@@ -949,6 +1083,9 @@ def _vv(**kw):
 VALUE_MISTAKES = [
     Mistake("mask_forgotten", "average over the response tokens only (the mask): padding has no return.",
             _vv(use_mask=False)),
+    Mistake("mean_of_means", "average over all response tokens of the batch at once (the masked sum divided "
+            "by mask.sum()), not per response and then over responses: a per-response mean gives each token "
+            "of a short response more weight than a token of a long one.", _vv(per_sequence=True)),
     Mistake("min_instead_of_max", "take the *max* of the clipped and unclipped squared errors (pessimistic, as "
             "for the policy): min lets the value jump past the clip.", _vv(combine="min")),
     Mistake("no_clipping", "the value may move at most clip_range_value from its rollout value: "
@@ -973,6 +1110,10 @@ def _value_cases() -> list[Case]:
         Case("padding with large errors is left out", (t([[0.5, 1.0, 9.0]]), t([[0.5, 1.0, 9.0]]),
                                                         t([[1.0, 0.0, -9.0]]), t([[1, 1, 0]])),
              mistake="mask_forgotten", hint="average over the mask's 1s only."),
+        Case("responses of 1 and 3 tokens: every token weighs the same (loss 0.5 * 1.75 / 4)",
+             (t([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]), t([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]),
+              t([[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]]), t([[1, 0, 0], [1, 1, 1]])),
+             mistake="mean_of_means", hint="sum over all response tokens of the batch, divided by mask.sum()."),
         Case("the value moved 0.5 away from the return: the unclipped error wins",
              (t([[0.5]]), t([[0.0]]), t([[0.0]]), t([[1]])), mistake="min_instead_of_max",
              hint="max of the two squared errors."),

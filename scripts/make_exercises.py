@@ -12,6 +12,11 @@ indentation:
 
 A cell tagged "solution" is left out altogether (e.g. a teacher's note). Outputs, execution counts and
 the run metadata are cleared: a learner opens a notebook with nothing filled in and nothing run.
+
+Before each check cell (`ok_gae = check_gae(gae)`) the learner's version gets a markdown cell, tagged
+"hint", of collapsible hints in the style of ARENA's exercises: first a nudge, then a stronger hint,
+never the solution. They are written in HINTS below, one entry per check; a check cell without hints
+is an error, so that a new exercise cannot ship without them.
 tests/test_exercises.py fails when a committed learner notebook differs from what this script makes.
 """
 
@@ -37,6 +42,105 @@ NUMBERS = {"completion_loss": 1, "pairs_from_ranking": 2, "pairwise_loss": 2, "l
 
 class SolutionMarkerError(ValueError):
     pass
+
+
+class MissingHintsError(ValueError):
+    pass
+
+
+CHECK_CALL = re.compile(r"^\s*(?:\w+\s*=\s*)?(check_\w+)\(", re.MULTILINE)  # ok_gae = check_gae(gae)
+
+# -----------------------------------------------------------------------------
+# the hints shown before each check: (a nudge, a stronger hint). Markdown; never a line of the solution
+# (tests/test_exercises.py looks for solution lines in the learner's notebook, hints included).
+
+HINTS = {
+    "check_completion_loss": (
+        "Shift first, then mask. After `logits[:, :-1]` and `labels[:, 1:]`, position `t` of the one lines "
+        "up with position `t` of the other. Then: the log-probability of each target token, and a mean over "
+        "the positions whose target is not `-100`, and over nothing else.",
+        "`torch.log_softmax(..., dim=-1)` gives `(B, T-1, V)`; `gather` along the last dimension with the "
+        "targets (`unsqueeze(-1)`, then `squeeze(-1)`) picks one log-probability per position, `(B, T-1)`. "
+        "`gather` cannot look up `-100`: replace it by any valid id first (`clamp(min=0)`), as the mask drops "
+        "those positions anyway. Divide the masked sum by the *number of counted tokens*, not by "
+        "`B * (T - 1)`, and keep the result a tensor: no `.item()`.",
+    ),
+    "check_pairs_from_ranking": (
+        "First write the completions out in the ranking's order, best first. Each text then beats every text "
+        "that comes *after* it in that list.",
+        "`ranking[0]` is the *index* of the best completion, not a rank. Two loops, `i` over the positions and "
+        "`j` over the positions after `i`, give each pair once with the better text as `chosen`: K(K-1)/2 "
+        "pairs. Skip a pair whose two texts are equal.",
+    ),
+    "check_pairwise_loss": (
+        "Only the margin `chosen_rewards - rejected_rewards` matters. The loss is the negative log of the "
+        "probability Bradley-Terry gives the label, averaged over the pairs: a smooth curve, not a hinge "
+        "like `max(0, 1 - margin)`.",
+        "`F.logsigmoid(x)` is log sigmoid(x), computed stably (`torch.log(torch.sigmoid(x))` gives `-inf` for "
+        "a very negative `x`). Apply it to the margin, negate, and average over the N pairs; return the "
+        "tensor, without `.item()`.",
+    ),
+    "check_last_token_index": (
+        "Ask *where is the last 1 of each row?* rather than *how many 1s are there?*: a count finds the last "
+        "token only when all the padding is on the right.",
+        "Make a `(B, T)` tensor of positions `0 .. T-1` (`torch.arange` and `expand`), keep a position where "
+        "the mask is 1 and put `-1` where it is 0 (`torch.where`), and take the largest per row. Convert the "
+        "mask with `.bool()` first (it may be int or bool), and return integers.",
+    ),
+    "check_kl_shaped_rewards": (
+        "Two steps. The penalty on every token, `-kl_coef * kl`, with `kl` set to 0 on padding; then each "
+        "row's score *added* at one position: its last response token.",
+        "`torch.where(mask.bool(), ..., 0.0)` zeroes the padding. `last_token_index(mask)` gives the `(B,)` "
+        "positions; `rewards[torch.arange(B), last]` picks one entry per row, and `+=` adds the scores there "
+        "while that token keeps its own penalty. Return the masked `kl` too: PPO sums it per response.",
+    ),
+    "check_gae": (
+        "Loop backwards, `for t in reversed(range(T))`, carrying one `(B,)` tensor: the advantage of the step "
+        "after `t` (0 to begin with). Return the raw advantages: the PPO loop whitens them itself, after "
+        "`gae`.",
+        "Zero the values and rewards on padding first, so that the value after the last real token is 0. At "
+        "each `t`: the TD error uses `values[:, t + 1]` (0 when `t = T - 1`) and `values[:, t]`; the advantage "
+        "is that error plus `gamma * lam` times the carried one, set to 0 where `mask[:, t]` is 0 so nothing "
+        "flows back through padding. Store it in `advantages[:, t]`; the returns are advantages plus values.",
+    ),
+    "check_policy_loss": (
+        "Three pieces: the probability ratio, the two loss terms (unclipped and clipped), and their "
+        "per-token max averaged over the response tokens. The ratio is of *probabilities*, and you hold "
+        "*log*-probabilities: they subtract where probabilities divide.",
+        "The ratio is `exp` of the difference of log-probabilities, never `logprobs / old_logprobs`. Clip it "
+        "with `torch.clamp(ratio, 1 - clip_range, 1 + clip_range)`. The loss of a token is the `torch.max` of "
+        "`-advantages` times each ratio (a loss, so PPO's min becomes a max). Average over every response "
+        "token of the batch at once: the masked sum divided by the number of 1s in the mask, not a mean per "
+        "response.",
+    ),
+    "check_value_loss": (
+        "Clip the *change* of the value since the rollout, `values - old_values`, and add it back to "
+        "`old_values`; then compare both the clipped and the unclipped value with the returns.",
+        "`torch.clamp(values - old_values, -clip_range_value, clip_range_value)`. Take the per-token max of "
+        "the two squared errors, average over every response token of the batch (the masked sum divided by "
+        "the number of 1s in the mask), and halve it.",
+    ),
+    "check_kl_controller": (
+        "`update` only changes `self.value`. The error is relative: 0 when the KL is on target, positive when "
+        "it is too high, and a KL that is too high must make beta *larger*.",
+        "Clip the error `current_kl / target - 1` to `[-0.2, 0.2]` (Python's `min` and `max` will do: these "
+        "are floats), then *multiply* beta by `1 + error * n_steps / horizon`.",
+    ),
+}
+
+
+def hint_cell(check: str) -> nbformat.NotebookNode:
+    """The markdown cell of collapsible hints shown before the cell that runs `check`."""
+    if check not in HINTS:
+        raise MissingHintsError(f"a cell runs {check}, which has no hints: add them to HINTS in "
+                                "scripts/make_exercises.py.")
+    blocks = [f"<details>\n<summary>{summary}</summary>\n\n{text}\n</details>"  # blank line: markdown inside
+              for summary, text in zip(("Hint 1: a nudge", "Hint 2: closer to the answer"), HINTS[check])]
+    cell = nbformat.v4.new_markdown_cell("Stuck? Open a hint, one at a time.\n\n" + "\n\n".join(blocks),
+                                         metadata={"tags": ["hint"]})
+    cell.id = f"hint-{check}"  # the same id at every regeneration: no churn in the committed notebook
+    return cell
+
 
 
 def _enclosing_name(lines: list[str], index: int) -> str:
@@ -93,7 +197,8 @@ def strip_solutions(source: str, where: str = "cell") -> tuple[str, list[list[st
 
 
 def learner_version(nb: nbformat.NotebookNode, name: str = "notebook") -> nbformat.NotebookNode:
-    """The learner's notebook: solution blocks stubbed, "solution" cells dropped, no outputs."""
+    """The learner's notebook: solution blocks stubbed, "solution" cells dropped, hints before each check,
+    no outputs."""
     nb = copy.deepcopy(nb)
     cells = []
     for n, cell in enumerate(nb.cells):
@@ -104,6 +209,10 @@ def learner_version(nb: nbformat.NotebookNode, name: str = "notebook") -> nbform
             cell.source, _ = strip_solutions(cell.source, f"{name}, cell {n}")
             cell.outputs = []
             cell.execution_count = None
+            cell.metadata.pop("execution", None)  # the solution run's timestamps
+            check = CHECK_CALL.search(cell.source)
+            if check:
+                cells.append(hint_cell(check.group(1)))
         elif BEGIN in cell.source:
             raise SolutionMarkerError(f"{name}, cell {n}: solution markers work in code cells only; tag a "
                                       "markdown cell 'solution' to leave it out of the learner's version.")

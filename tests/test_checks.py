@@ -162,6 +162,55 @@ def value_loss_clip_wrong_way(values, old_values, returns, mask, clip_range_valu
     return 0.5 * (losses * mask).sum() / mask.sum()
 
 
+# issue 16: the mistakes whose verdict was misleading or empty
+
+
+def pairwise_loss_hinge(chosen, rejected):
+    return torch.clamp(1 - (chosen - rejected), min=0).mean()  # a margin loss, not Bradley-Terry
+
+
+def pairwise_loss_margin_ranking(chosen, rejected):
+    return F.margin_ranking_loss(chosen, rejected, torch.ones_like(chosen))  # margin 0 by default
+
+
+def gae_whitened(rewards, values, mask, gamma=1.0, lam=0.95):
+    advantages, returns = ppo_math.gae(rewards, values, mask, gamma, lam)
+    return ppo_math.masked_whiten(advantages, mask), returns  # raises on a one-token batch
+
+
+def gae_whitened_with_torch_std(rewards, values, mask, gamma=1.0, lam=0.95):
+    advantages, _ = ppo_math.gae(rewards, values, mask, gamma, lam)
+    advantages = (advantages - advantages.mean()) / (advantages.std(correction=0) + 1e-8)  # padding included
+    return advantages, advantages + values
+
+
+def gae_whitened_per_response(rewards, values, mask, gamma=1.0, lam=0.95):
+    advantages, returns = ppo_math.gae(rewards, values, mask, gamma, lam)
+    rows = []
+    for a, m in zip(advantages, mask.bool()):
+        mean, std = a[m].mean(), a[m].std(unbiased=False)
+        rows.append(torch.where(m, (a - mean) / (std + 1e-8), 0.0))
+    return torch.stack(rows), returns
+
+
+def policy_loss_ratio_of_logprobs(logprobs, old_logprobs, advantages, mask, clip_range=0.2):
+    ratio = logprobs / old_logprobs  # log-probs divided, as if they were probabilities
+    losses = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range))
+    return (losses * mask).sum() / mask.sum()
+
+
+def policy_loss_per_response_mean(logprobs, old_logprobs, advantages, mask, clip_range=0.2):
+    ratio = (logprobs - old_logprobs).exp()
+    losses = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range))
+    return ((losses * mask).sum(1) / mask.sum(1)).mean()  # each response's mean, then their mean
+
+
+def value_loss_per_response_mean(values, old_values, returns, mask, clip_range_value=0.2):
+    clipped = old_values + (values - old_values).clamp(-clip_range_value, clip_range_value)
+    losses = torch.max((values - returns) ** 2, (clipped - returns) ** 2)
+    return 0.5 * ((losses * mask).sum(1) / mask.sum(1)).mean()
+
+
 class ControllerSignFlipped:
     def __init__(self, init_kl_coef, target, horizon):
         self.value, self.target, self.horizon = init_kl_coef, target, horizon
@@ -195,6 +244,15 @@ ISSUE_MISTAKES = [  # (check, wrong implementation, tag, a word the hint must ho
     ("value_loss", value_loss_clip_wrong_way, "clip_wrong_way", "old_values"),
     ("AdaptiveKLController", ControllerSignFlipped, "sign_flipped", "larger"),
     ("AdaptiveKLController", ControllerClipWrongWay, "clip_wrong_way", "not the KL itself"),
+    # issue 16
+    ("pairwise_loss", pairwise_loss_hinge, "hinge_loss", "hinge"),
+    ("pairwise_loss", pairwise_loss_margin_ranking, "hinge_loss", "not Bradley-Terry"),
+    ("gae", gae_whitened, "whitened_inside_gae", "raw advantages"),
+    ("gae", gae_whitened_with_torch_std, "whitened_inside_gae", "raw advantages"),
+    ("gae", gae_whitened_per_response, "whitened_inside_gae", "raw advantages"),
+    ("policy_loss", policy_loss_ratio_of_logprobs, "ratio_of_logprobs", "exp(logprobs - old_logprobs)"),
+    ("policy_loss", policy_loss_per_response_mean, "mean_of_means", "not per response"),
+    ("value_loss", value_loss_per_response_mean, "mean_of_means", "not per response"),
 ]
 
 
@@ -207,6 +265,40 @@ def test_a_learners_usual_mistake_fails_with_the_right_hint(name, wrong, tag, wo
     assert result.mistake == tag
     assert word in result.hint
     assert "\u2717" in out and "First failing case" in out and "Likely mistake" in out and result.hint in out
+
+
+@pytest.mark.parametrize("name, wrong, what, fix", [
+    ("completion_loss", lambda logits, labels: sft.completion_loss(logits, labels).item(), "a Python float",
+     ".item()"),
+    ("pairwise_loss", lambda c, r: float(-F.logsigmoid(c - r).detach().mean()), "a Python float", ".item()"),
+    ("policy_loss", lambda *a, **k: (ppo_math.policy_loss(*a, **k)[0].item(), {}), "a Python float", ".item()"),
+    ("value_loss", lambda *a, **k: ppo_math.value_loss(*a, **k)[0].detach().numpy(), "a NumPy array", ".numpy()"),
+    ("gae", lambda *a, **k: tuple(x.numpy() for x in ppo_math.gae(*a, **k)), "a NumPy array", ".numpy()"),
+    ("last_token_index", lambda mask: ppo_math.last_token_index(mask).tolist(), "a Python list", "torch"),
+])
+def test_a_float_or_array_instead_of_a_tensor_is_named_as_such(name, wrong, what, fix, capsys):
+    result = CHECKS[name](wrong)
+    out = capsys.readouterr().out
+    assert not result.passed and result.mistake == "not_a_tensor"
+    assert f"your {name} returned {what}" in result.hint and fix in result.hint
+    assert "Its value is right: only the type is wrong." in result.hint  # the values match the reference's
+    assert f"Mistake (not a tensor): {result.hint}" in out
+    assert "off by one" not in out and "sign flipped" not in out  # no misleading hint from the first case
+
+
+def test_a_wrong_value_and_a_float_asks_to_fix_the_type_first():
+    result = checks.check_pairwise_loss(lambda c, r: F.logsigmoid(c - r).mean().item(), verbose=False)
+    assert result.mistake == "not_a_tensor" and "differs from the reference too" in result.hint
+
+
+def test_a_mistake_no_written_out_one_fits_still_gets_a_hint():
+    def policy_loss(logprobs, old_logprobs, advantages, mask, clip_range=0.2):  # wrong on big batches only
+        loss = ppo_math.policy_loss(logprobs, old_logprobs, advantages, mask, clip_range)[0]
+        return loss * 1.1 if logprobs.shape[0] > 2 else loss
+
+    result = checks.check_policy_loss(policy_loss, verbose=False)
+    assert not result.passed and result.failed_case.startswith("random batch")
+    assert "none of the usual mistakes fits" in result.hint and "random batch" in result.hint
 
 
 def test_the_verdict_shows_the_case_expected_and_got(capsys):

@@ -90,6 +90,31 @@ def test_learners_get_not_written_from_every_check_and_the_solutions_pass_them_a
     assert solved.score == solved.total == unfilled.total and not solved.errors
 
 
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=IDS)
+def test_every_check_cell_has_collapsible_hints_before_it(solution):
+    cells = nbformat.read(learner_path(solution), as_version=4).cells
+    checked = []
+    for before, cell in zip(cells, cells[1:]):
+        match = make.CHECK_CALL.search(cell.source) if cell.cell_type == "code" else None
+        if not match:
+            continue
+        checked.append(match.group(1))
+        assert before.cell_type == "markdown" and before.metadata.get("tags") == ["hint"], \
+            f"no hint cell before {cell.source!r}"
+        n = before.source.count("<details>")
+        assert 1 <= n <= 2 and before.source.count("</details>") == n
+        assert before.source.count("<summary>Hint") == n
+    assert sorted(checked) == sorted({e.check.__name__ for e in checks.EXERCISES if e.notebook == solution.stem})
+
+
+def test_every_check_has_hints_and_a_check_without_them_is_an_error():
+    assert set(make.HINTS) == {e.check.__name__ for e in checks.EXERCISES}
+    assert all(len(hints) == 2 and all(hints) for hints in make.HINTS.values())
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("ok = check_something_new(f)")])
+    with pytest.raises(make.MissingHintsError, match="check_something_new"):
+        make.learner_version(nb)
+
+
 def test_the_check_command_agrees():
     assert make.main(["--check"]) == 0
 
