@@ -2,8 +2,9 @@
 first (RankingWidget), or score one text at a time on a fixed scale, 1-7 by default (ScoreWidget).
 
 Click the cards from best to worst (each shows its place, "1st", "2nd", ...), then Submit; Undo takes
-back the last click, Skip moves on without a ranking. Everything goes through a RankingStore, so
-re-creating the widget on the same file carries on where the learner stopped. With ipyevents
+back the last click, Skip moves on without a ranking. A click anywhere on a card counts, on its text
+as on its button (the text hears the click through ipyevents). Everything goes through a RankingStore,
+so re-creating the widget on the same file carries on where the learner stopped. With ipyevents
 installed, keys work while the mouse is over the widget: 1-9 pick a card, Enter submits, Backspace undoes.
 
 The widget can be driven from Python (click, undo, skip, submit), which is how the tests use it;
@@ -31,7 +32,7 @@ import ipywidgets as widgets
 
 from rlhf_lab.rankings import Key, RankingStore, item_key
 from rlhf_lab.scores import SCALE, LabelStore, check_scale, is_score_record
-from rlhf_lab.utils import LabError
+from rlhf_lab.utils import REPO_DIR, LabError
 
 MAX_K = 9  # one digit key per card; InstructGPT ranked K = 4..9
 GREEN = "#2e7d32"
@@ -52,8 +53,23 @@ def card_html(prompt: str, completion: str, number: int, place: int | None) -> s
     else:
         badge = (f'<span style="background:{GREEN};color:white;border-radius:4px;padding:1px 6px">'
                  f'{ordinal(place)}</span>')
-    return (f'<div style="white-space:pre-wrap;overflow-wrap:anywhere;line-height:1.4">{badge} '
-            f'<b>{html.escape(prompt)}</b>{html.escape(completion)}</div>')
+    return (f'<div style="white-space:pre-wrap;overflow-wrap:anywhere;line-height:1.4;padding:8px 8px 4px;'
+            f'cursor:pointer">{badge} <b>{html.escape(prompt)}</b>{html.escape(completion)}</div>')
+
+
+def saved_in(path: str | Path) -> str:
+    """Where a label file is, as HTML for the "All done" line, never as this machine's absolute path (it
+    would end up in the committed notebook and its saved widget state): relative to the working
+    directory when the file is under it, else relative to the lab's folder (runs/02_rankings/...), else
+    only its name, and where to find the rest."""
+    path = Path(path).resolve()
+    for base, where in ((Path.cwd().resolve(), ""), (REPO_DIR.resolve(), " (in the lab's folder)")):
+        try:
+            return f"<code>{html.escape(str(path.relative_to(base)))}</code>{where}"
+        except ValueError:
+            pass
+    return (f"<code>{html.escape(path.name)}</code> (outside this folder and the lab's; "
+            f"<code>widget.store.path</code> gives its full path)")
 
 
 def _check_items(items: Iterable[dict]) -> list[dict]:
@@ -150,7 +166,7 @@ class _LabelWidget:
         raise NotImplementedError
 
     @staticmethod
-    def _keyboard_available() -> bool:
+    def _ipyevents_available() -> bool:
         try:
             import ipyevents  # noqa: F401  (optional: without it the buttons still work)
         except ImportError:
@@ -193,7 +209,7 @@ class RankingWidget(_LabelWidget):
         self._ranking: list[int] = []  # the clicks so far, best first
         self._auto_filled = False  # the last place was filled for the learner (after K-1 clicks)
 
-        self._use_keyboard = keyboard and self._keyboard_available()
+        self._use_keyboard = keyboard and self._ipyevents_available()
         self._build()
         self._keyboard = self._attach_keyboard() if self._use_keyboard else None  # kept: it must stay alive
         self._show_item()
@@ -318,27 +334,38 @@ class RankingWidget(_LabelWidget):
         self._card_bodies: list[widgets.HTML] = []
         self._card_buttons: list[widgets.Button] = []
         self._card_boxes: list[widgets.VBox] = []
+        self._card_clicks: list = []  # an ipyevents Event per card text (empty without ipyevents)
         self.widget = widgets.VBox([
             self._header, self._progress, self._cards,
             widgets.HBox([self._undo_button, self._skip_button, self._submit_button]), self._status])
 
     def _show_item(self) -> None:
         """Build the cards of the current item (K may differ from item to item)."""
-        for old in self._card_bodies + self._card_buttons + self._card_boxes:
+        for old in self._card_clicks + self._card_bodies + self._card_buttons + self._card_boxes:
             old.close()  # drop the old cards' front-end models, or they pile up item after item
-        self._card_bodies, self._card_buttons, self._card_boxes = [], [], []
+        self._card_bodies, self._card_buttons, self._card_boxes, self._card_clicks = [], [], [], []
         self._shown_at = self._clock()
         item = self.current_item
         if item is None:
             self._cards.children = [widgets.HTML(
                 f"<b>All done.</b> {len(self._ranked)} rankings and {len(self._skipped)} skips are saved in "
-                f"<code>{html.escape(str(self.store.path))}</code>.")]
+                f"{saved_in(self.store.path)}.")]
         else:
+            clickable_text = self._ipyevents_available()
             for i in range(len(item["completions"])):
-                body = widgets.HTML()
-                button = widgets.Button(layout=widgets.Layout(width="auto"))
+                # the text grows to the card's full height, so that a click anywhere above the button picks it
+                body = widgets.HTML(layout=widgets.Layout(flex="1 1 auto"))
+                button = widgets.Button(layout=widgets.Layout(width="auto", margin="0 8px 8px 8px"))
                 button.on_click(lambda _, i=i: self._safely(self.click, i))
-                box = widgets.VBox([body, button], layout=widgets.Layout(padding="8px"))
+                if clickable_text:
+                    # An HTML widget has no click of its own: ipyevents sends the browser's click on it to
+                    # Python. The button is a sibling, not a child, so one click never counts twice.
+                    from ipyevents import Event
+
+                    text_click = Event(source=body, watched_events=["click"])
+                    text_click.on_dom_event(lambda _, i=i: self._safely(self.click, i))
+                    self._card_clicks.append(text_click)
+                box = widgets.VBox([body, button])
                 self._card_bodies.append(body)
                 self._card_buttons.append(button)
                 self._card_boxes.append(box)
@@ -431,7 +458,7 @@ class ScoreWidget(_LabelWidget):
         self._position = 0
         self._choice: int | None = None
 
-        self._use_keyboard = keyboard and self._keyboard_available()
+        self._use_keyboard = keyboard and self._ipyevents_available()
         self._build()
         self._keyboard = self._attach_keyboard() if self._use_keyboard else None
         self._show_item()
@@ -554,7 +581,7 @@ class ScoreWidget(_LabelWidget):
         done = item is None
         if done:
             self._card.value = (f"<b>All done.</b> {len(self._scored)} scores and {len(self._skipped)} skips are saved "
-                                f"in <code>{html.escape(str(self.store.path))}</code>.")
+                                f"in {saved_in(self.store.path)}.")
         else:
             self._card.value = score_card_html(item["prompt"], item["completion"], self._choice)
         for value, button in zip(range(self.scale[0], self.scale[1] + 1), self._score_buttons):

@@ -4,7 +4,9 @@
 
 Without --fast this is the full (not FAST) run a reader should see. It refuses to save a notebook
 whose run raised an error: a learner must never open a notebook on a traceback. The figures the
-notebook recorded (rlhf_lab.figures.record) are saved in its metadata["rlhf_lab"]["figures"].
+notebook recorded (rlhf_lab.figures.record) are saved in its metadata["rlhf_lab"]["figures"], and the
+state of its widgets in metadata["widgets"], so that the committed notebook shows the ranking widget
+(JupyterLab, nbviewer) and not its text repr, "VBox(children=(HTML(...".
 """
 
 import argparse
@@ -49,6 +51,14 @@ def final_progress_text(nb) -> int:
     return rewritten
 
 
+def views_without_state(nb) -> list[str]:
+    """The model ids of widget outputs whose model the notebook's saved widget state does not hold: each
+    would show as its plain-text repr. Empty when every widget can be drawn from the notebook alone."""
+    state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    return [view["model_id"] for cell in nb.cells if cell.cell_type == "code" for output in cell.get("outputs", [])
+            if (view := output.get("data", {}).get(WIDGET_VIEW)) and view["model_id"] not in state]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="+", type=Path)
@@ -59,7 +69,8 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for path in args.notebooks:
         nb = nbformat.read(path, as_version=4)
-        client = NotebookClient(nb, timeout=args.timeout, kernel_name="python3",
+        # store_widget_state is nbclient's default; named here because the committed notebooks rely on it
+        client = NotebookClient(nb, timeout=args.timeout, kernel_name="python3", store_widget_state=True,
                                 resources={"metadata": {"path": str(path.parent)}})
         start = time.time()
         try:
@@ -68,6 +79,10 @@ def main() -> int:
             print(f"{path}: a cell failed; the notebook was NOT saved.\n{err}", file=sys.stderr)
             return 1
         seconds = time.time() - start
+        if missing := views_without_state(nb):
+            print(f"{path}: {len(missing)} widget output(s) have no saved state (model {missing[0]}), so the "
+                  "notebook would show their text repr; the notebook was NOT saved.", file=sys.stderr)
+            return 1
         final_progress_text(nb)
         meta = nb.metadata.setdefault("rlhf_lab", {})
         meta["last_run"] = {"fast": args.fast, "seconds": round(seconds, 1)}

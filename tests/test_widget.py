@@ -133,6 +133,73 @@ def test_model_text_is_escaped(tmp_path):
     assert "<script>" not in shown and "1st" in shown
 
 
+def click_text(ranker, i):
+    """A click on card i's text, as ipyevents sends it from the browser (the message its front end sends)."""
+    ranker._card_clicks[i]._handle_mouse_msg(None, {"type": "click", "button": 0}, [])
+
+
+def test_clicking_a_cards_text_picks_it(tmp_path):
+    pytest.importorskip("ipyevents")
+    ranker = RankingWidget(ITEMS, tmp_path / "r.jsonl", keyboard=False)  # the text listens even without keys
+    assert [e.source for e in ranker._card_clicks] == ranker._card_bodies
+    assert all(e.watched_events == ["click"] for e in ranker._card_clicks)
+    click_text(ranker, 2)
+    ranker._card_buttons[0].click()  # text and button mix
+    click_text(ranker, 2)  # already placed: said, not counted twice
+    assert ranker.current_ranking == [2, 0] and "already 1st" in ranker._status.value
+    click_text(ranker, 3)
+    first_cards = ranker._card_clicks
+    ranker._submit_button.click()
+    assert RankingStore(tmp_path / "r.jsonl").records()[0]["ranking"] == [2, 0, 3, 1]
+    assert all(e.comm is None for e in first_cards)  # closed with their cards: no models piling up
+    assert len(ranker._card_clicks) == 2
+    click_text(ranker, 1)  # the next item's cards (K = 2) listen too
+    assert ranker.current_ranking == [1, 0]
+
+
+def test_done_message_shows_no_absolute_path(tmp_path, monkeypatch):
+    import rlhf_lab.widget
+    from rlhf_lab.widget import ScoreWidget, saved_in
+
+    def done_line(widget):
+        return next(v for v in all_html(widget.widget) if "All done" in v)
+
+    monkeypatch.chdir(tmp_path)
+    ranker = RankingWidget(ITEMS[1:2], tmp_path / "runs" / "r.jsonl", keyboard=False)
+    ranker.skip()
+    assert "saved in <code>runs/r.jsonl</code>." in done_line(ranker) and str(tmp_path) not in done_line(ranker)
+    scorer = ScoreWidget(TEXTS[:1], "s.jsonl", keyboard=False)
+    scorer.skip()
+    assert "saved in <code>s.jsonl</code>." in done_line(scorer)
+
+    elsewhere = tmp_path / "elsewhere"
+    monkeypatch.chdir(tmp_path / "runs")  # the file is neither under the working directory...
+    monkeypatch.setattr(rlhf_lab.widget, "REPO_DIR", elsewhere)  # ...nor in the lab's folder
+    assert saved_in(tmp_path / "s.jsonl") == ("<code>s.jsonl</code> (outside this folder and the lab's; "
+                                              "<code>widget.store.path</code> gives its full path)")
+    monkeypatch.setattr(rlhf_lab.widget, "REPO_DIR", tmp_path)  # a notebook in notebooks/, its file in runs/
+    monkeypatch.chdir(elsewhere.mkdir() or elsewhere)
+    ranker = RankingWidget(ITEMS[1:2], tmp_path / "runs" / "r2.jsonl", keyboard=False)
+    ranker.skip()
+    assert "saved in <code>runs/r2.jsonl</code> (in the lab's folder)." in done_line(ranker)
+    assert str(tmp_path) not in done_line(ranker)
+
+
+def test_committed_notebook_02_saves_the_widget_state():
+    """A committed notebook shows the widget itself (not "VBox(children=...)") only if its metadata holds the
+    widget models; scripts/run_notebooks.py keeps them (store_widget_state)."""
+    import json
+    from pathlib import Path
+
+    nb = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "02_rankings.ipynb").read_text())
+    state = nb["metadata"]["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    views = [o["data"]["application/vnd.jupyter.widget-view+json"]["model_id"] for c in nb["cells"]
+             for o in c.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert views and all(state[v]["model_name"] == "VBoxModel" for v in views)
+    root = str(Path(__file__).resolve().parents[1])
+    assert not any(root in json.dumps(m) or "/home/" in json.dumps(m) for m in state.values())
+
+
 def test_keys_map_to_the_same_actions(tmp_path):
     ranker = RankingWidget(ITEMS, tmp_path / "r.jsonl", keyboard=False)
     for key in ["3", "9", "1", "Backspace", "2", "4"]:  # "9": no such card, ignored
