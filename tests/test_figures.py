@@ -119,3 +119,91 @@ def test_notebook_08_class_agreement_and_its_prose_hold():
         assert len(f["rm_per_seed"][kind]) == 3 and f[name] == pytest.approx(statistics.fmean(f["rm_per_seed"][kind]))
         assert f[name] > 0.65, name
     assert f["rm_eval_pairs"] >= 500
+
+
+def test_notebooks_00_to_04_record_their_figures_and_the_claims_hold():
+    """The stage notebooks' key figures (full runs) and what their prose says of them."""
+    f0 = figures.of_notebook(ROOT / "notebooks" / "00_welcome.ipynb")
+    assert f0 and f0["fast"] is False
+    assert (f0["vocab_size"], f0["training_reviews"]) == (2858, 20000)
+    assert round(f0["parameters"] / 1e6, 1) == 1.2  # "its 1.2M-parameter GPT-2"
+
+    f1 = figures.of_notebook(ROOT / "notebooks" / "01_sft.ipynb")
+    assert f1 and f1["fast"] is False
+    assert f1["eval_loss_after"] < f1["eval_loss_before"]
+    # "the mean gold score moves by a tenth at most"
+    assert abs(f1["mean_gold_after"] - f1["mean_gold_before"]) <= 0.1
+    # the loss does not judge the whole text: over hundreds of samples it ranks them nearly as a coin would
+    assert f1["loss_gold_samples"] >= 500 and abs(f1["loss_gold_spearman"]) < 0.3
+    assert f1["loss_gold_pairs_agree"] < 0.65
+    # BLEU and ROUGE prefer the flipped copy (a reader's opposite) to the model's own completions
+    assert f1["bleu_flipped"] > f1["bleu_sft"] and f1["rouge_l_flipped"] > f1["rouge_l_sft"]
+    assert f1["gold_side_flipped"] < 0.2 < f1["gold_side_sft"]
+
+    f2 = figures.of_notebook(ROOT / "notebooks" / "02_rankings.ipynb")
+    assert f2 and f2["fast"] is False
+    assert f2["pairs"] <= f2["rankings"] * f2["K"] * (f2["K"] - 1) // 2
+    # on one measure (pairs ordered alike) the rankings agree more than the scores; both well above chance
+    assert 0.5 < f2["score_pair_agreement"] < f2["ranking_agreement"]
+
+    f3 = figures.of_notebook(ROOT / "notebooks" / "03_reward_model.ipynb")
+    assert f3 and f3["fast"] is False
+    assert f3["gold_accuracy"] > 0.8 and f3["held_out_pairs"] >= 300
+    sizes = f3["trunk_sizes"]  # every trunk's figures, in an output: three depths and a random start, 3 seeds
+    assert set(sizes) == {"1 layer, pretrained", "2 layers, pretrained", "4 layers, pretrained", "4 layers, random"}
+    assert all(v["seeds"] == 3 for v in sizes.values()) and f3["size_study_pairs"] >= 1000
+    acc = {k: v["gold_accuracy"] for k, v in sizes.items()}
+    # deeper reads better, by more than the seeds' spread; a random start is far behind the pretrained one
+    for small, large in (("1 layer, pretrained", "2 layers, pretrained"), ("2 layers, pretrained", "4 layers, pretrained")):
+        assert acc[large] - acc[small] > max(sizes[small]["std"], sizes[large]["std"]), (small, large)
+    assert acc["4 layers, pretrained"] - acc["4 layers, random"] > 0.1
+
+    f4 = figures.of_notebook(ROOT / "notebooks" / "04_ppo.ipynb")
+    assert f4 and f4["fast"] is False
+    assert f4["gold_ppo"] > f4["gold_sft"] and f4["reward_ppo"] > f4["reward_sft"]
+    assert f4["action_space"] == {"tiny GPT-2": 2858, "GPT-2 (hub)": 50257}
+    assert f4["observation_positions"] == {"tiny GPT-2": 128, "GPT-2 (hub)": 1024}
+    # SFT is optional here: PPO from the pretrained model gains as much gold ("SFT buys nothing on gold")
+    pre = f4["from_pretrained"]
+    assert pre["gold_after"] > pre["gold_before"] + 0.5 and f4["gold_ppo"] <= pre["gold_after"] + 0.1
+    # the sweep: the smaller beta, the farther the policy travels
+    sweep = sorted(f4["sweep"].values(), key=lambda r: r["beta"])
+    assert [r["kl"] for r in sweep] == sorted((r["kl"] for r in sweep), reverse=True)
+
+
+def _stated_minutes(text: str) -> float | None:
+    """"about N minutes" -> N; "under a minute" -> 0.5 (read as: up to a minute)."""
+    import re
+
+    if re.search(r"\*\*Time:\*\* under a minute", text):
+        return 0.5
+    m = re.search(r"\*\*Time:\*\* about (\d+) minutes?", text)
+    return float(m.group(1)) if m else None
+
+
+@pytest.mark.parametrize("name", ["01_sft", "02_rankings", "03_reward_model", "04_ppo", "05_overoptimisation",
+                                  "06_beyond_ppo", "07_iterated_rlhf", "08_classroom"])
+def test_the_time_a_notebook_states_is_the_time_its_full_run_took(name):
+    """Each stage notebook states its full-mode time at the top, and notebook 00's table repeats it; both
+    within a factor of two of the committed full run's own seconds (machines differ; an order does not)."""
+    import json
+    import re
+
+    nb = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())
+    seconds = nb["metadata"]["rlhf_lab"]["last_run"]["seconds"]
+    stated = _stated_minutes("".join(nb["cells"][0]["source"]))
+    assert stated is not None, f"{name}: no '**Time:** about N minutes' (or 'under a minute') at the top"
+    assert 0.5 <= seconds / (60 * stated) <= 2, (name, seconds, stated)
+    welcome = "".join(json.loads((ROOT / "notebooks" / "00_welcome.ipynb").read_text())["cells"][0]["source"])
+    row = re.search(rf"\| {name[:2]} · [^|]*\|[^|]*\| (?:about (\d+) minutes?|(under a minute))", welcome)
+    assert row and (float(row.group(1)) if row.group(1) else 0.5) == stated, \
+        f"notebook 00's table and {name} disagree on its time"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("0*.ipynb")) +
+                         sorted((ROOT / "notebooks" / "exercises" / "solutions").glob("0*.ipynb")),
+                         ids=lambda p: p.name)
+def test_every_stage_and_solution_notebook_carries_the_figures_of_a_full_run(path):
+    f = figures.of_notebook(path)
+    assert f, f"{path.name} records no figures: add a figures.record(...) cell and run scripts/run_notebooks.py on it"
+    assert f["fast"] is False, f"{path.name}'s committed outputs are a FAST run's"

@@ -76,6 +76,19 @@ QUOTES = [
      lambda f: f"**{f['gold_ppo']:+.2f}** (from {f['gold_sft']:+.2f})"),
     ("notebooks/04_ppo.ipynb", "at 4.3 and 4.0 nats of KL", notebook("04_ppo"),
      lambda f: f"{f['from_pretrained']['kl']:.1f} and {f['kl']:.1f}"),
+    ("notebooks/02_rankings.ipynb", "Two annotators give the same score to 16% of texts", notebook("02_rankings"),
+     lambda f: pct(f["score_exact_agreement"])),
+    ("notebooks/02_rankings.ipynb", "they order 86% of pairs the same way", notebook("02_rankings"),
+     lambda f: pct(f["ranking_agreement"])),
+    ("notebooks/exercises/solutions/01_sft_loss.ipynb", "falls from about 4.4 nats (the pretrained model) to about 1.0",
+     lambda: figures.of_notebook(ROOT / "notebooks/exercises/solutions/01_sft_loss.ipynb"),
+     lambda f: f"{f['eval_loss_before']:.1f} nats (the pretrained model) to about {f['eval_loss_after']:.1f}"),
+    ("notebooks/exercises/solutions/02_preferences.ipynb", "(0.36 here; chance is 0.5",
+     lambda: figures.of_notebook(ROOT / "notebooks/exercises/solutions/02_preferences.ipynb"),
+     lambda f: f"{f['accuracy_before']:.2f}"),
+    ("notebooks/exercises/solutions/02_preferences.ipynb", "climbs to about 0.85 in full mode",
+     lambda: figures.of_notebook(ROOT / "notebooks/exercises/solutions/02_preferences.ipynb"),
+     lambda f: f"{f['accuracy_after']:.2f}"),
 ]
 
 
@@ -97,3 +110,44 @@ def test_quoted_number_is_the_measured_one(file, words, source, written):
     assert figs, f"no figures for {words!r}: run scripts/run_notebooks.py on the notebook"
     number = written(figs)
     assert number in words, f"{file} says {words!r}, the figures say {number}"
+
+
+def solution(name):
+    return figures.of_notebook(ROOT / "notebooks" / "exercises" / "solutions" / f"{name}.ipynb")
+
+
+def _run(r):
+    return f"+{r['held_out_sft']:.2f} → {r['held_out_ppo']:+.2f}"
+
+
+def test_the_exercises_readme_table_is_the_solutions_figures():
+    """notebooks/exercises/README.md's "before → after" table, row by row, written from the figures the
+    committed solution notebooks recorded: re-run a solution and this names the row to update."""
+    s1, s2, s3, s4 = (solution(n) for n in ("01_sft_loss", "02_preferences", "03_rewards_advantages",
+                                             "04_ppo_update"))
+    assert all(f and f["fast"] is False for f in (s1, s2, s3, s4)), "run scripts/run_notebooks.py on the solutions"
+    r3, m3, r4, c4, m4 = (s3["your_reward_and_gae"], s3["score_after_last_token"], s4["your_losses"],
+                          s4["your_controller"], s4["min_instead_of_max"])
+    rows = [
+        f"{s1['steps']} steps on {s1['demonstrations']:,} demonstrations | held-out loss "
+        f"{s1['eval_loss_before']:.2f} → {s1['eval_loss_after']:.2f} nats per completion token (no-shift mistake: "
+        f"{s1['no_shift_eval_loss_before']:.2f} → {s1['no_shift_eval_loss_after']:.2f})",
+        f"({s2['train_pairs']:,} pairs to train on, {s2['held_out_pairs']} held out, from {s2['rankings']} rankings) | "
+        f"held-out accuracy {s2['accuracy_before']:.2f} → {s2['accuracy_after']:.2f} (vs gold "
+        f"{s2['gold_accuracy_before']:.2f} → {s2['gold_accuracy_after']:.2f}); {s2['padding_yours']['left']:.3f} under "
+        f"both left and right padding (`mask.sum(-1) - 1`: {s2['padding_usual_mistake']['left']:.3f} under left)",
+        f"{r3['updates']} updates of 64, the learner's reward (then + GAE) | gold score of the batches "
+        f"{r3['gold_first']:+.2f} → {r3['gold_last']:+.2f}; on 128 held-out prompts SFT {r3['held_out_sft']:+.2f} → PPO "
+        f"{r3['held_out_ppo']:+.2f} at {r3['kl']:.1f} nats of KL (score one slot after the last token: batches "
+        f"{m3['gold_first']:+.2f} → {m3['gold_last']:+.2f}, held out {m3['held_out_sft']:+.2f} → {m3['held_out_ppo']:+.2f} "
+        f"at {m3['kl']:.1f} nats)",
+        f"gold {r4['gold_first']:+.2f} → {r4['gold_last']:+.2f}, held out {r4['held_out_sft']:+.2f} → "
+        f"{r4['held_out_ppo']:+.2f} at {r4['kl']:.1f} nats of KL; with the controller beta "
+        f"{s4['controller_beta_first']:.2f} → {s4['controller_beta_final']:.2f}, held out {c4['held_out_sft']:+.2f} → "
+        f"{c4['held_out_ppo']:+.2f} at {c4['kl']:.1f} nats (`min` instead of `max`: KL {m4['kl']:.0f} nats, held out "
+        f"{m4['held_out_ppo']:+.2f}, EOS in {100 * m4['eos_share_ppo']:.0f}% of the responses)",
+    ]
+    assert s2["padding_yours"]["left"] == pytest.approx(s2["padding_yours"]["right"], abs=1e-3)  # "both"
+    text = (ROOT / "notebooks" / "exercises" / "README.md").read_text()
+    for row in rows:
+        assert row in text, f"notebooks/exercises/README.md should say: {row}"
