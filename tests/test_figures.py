@@ -182,7 +182,7 @@ def _stated_minutes(text: str) -> float | None:
 
 
 @pytest.mark.parametrize("name", ["01_sft", "02_rankings", "03_reward_model", "04_ppo", "05_overoptimisation",
-                                  "06_beyond_ppo", "07_iterated_rlhf", "08_classroom"])
+                                  "06_beyond_ppo", "07_iterated_rlhf", "08_classroom", "09_limits"])
 def test_the_time_a_notebook_states_is_the_time_its_full_run_took(name):
     """Each stage notebook states its full-mode time at the top, and notebook 00's table repeats it; both
     within a factor of two of the committed full run's own seconds (machines differ; an order does not)."""
@@ -193,7 +193,10 @@ def test_the_time_a_notebook_states_is_the_time_its_full_run_took(name):
     seconds = nb["metadata"]["rlhf_lab"]["last_run"]["seconds"]
     stated = _stated_minutes("".join(nb["cells"][0]["source"]))
     assert stated is not None, f"{name}: no '**Time:** about N minutes' (or 'under a minute') at the top"
-    assert 0.5 <= seconds / (60 * stated) <= 2, (name, seconds, stated)
+    if stated == 0.5:  # "under a minute": at most a minute, with the same factor of two for a slower machine
+        assert seconds <= 2 * 60, (name, seconds)
+    else:
+        assert 0.5 <= seconds / (60 * stated) <= 2, (name, seconds, stated)
     welcome = "".join(json.loads((ROOT / "notebooks" / "00_welcome.ipynb").read_text())["cells"][0]["source"])
     row = re.search(rf"\| {name[:2]} · [^|]*\|[^|]*\| (?:about (\d+) minutes?|(under a minute))", welcome)
     assert row and (float(row.group(1)) if row.group(1) else 0.5) == stated, \
@@ -207,3 +210,13 @@ def test_every_stage_and_solution_notebook_carries_the_figures_of_a_full_run(pat
     f = figures.of_notebook(path)
     assert f, f"{path.name} records no figures: add a figures.record(...) cell and run scripts/run_notebooks.py on it"
     assert f["fast"] is False, f"{path.name}'s committed outputs are a FAST run's"
+
+
+def test_notebook_09_limits_and_its_prose_hold():
+    """Notebook 09 reads the other notebooks' figures; what its prose says of them holds."""
+    f = figures.of_notebook(ROOT / "notebooks" / "09_limits.ipynb")
+    assert f and f["fast"] is False
+    # the reward model beats its own labels against gold (it averages their noise); a class is noisier
+    assert f["rm_gold_accuracy"] > f["label_gold_agreement"] > f["class_vs_gold_rankings"]
+    f08 = figures.of_notebook(ROOT / "notebooks" / "08_classroom.ipynb")
+    assert max(f08["rm_gold_acc_from_rankings"], f08["rm_gold_acc_from_scores"]) < f["rm_gold_accuracy"]

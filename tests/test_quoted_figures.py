@@ -89,6 +89,8 @@ QUOTES = [
     ("notebooks/exercises/solutions/02_preferences.ipynb", "climbs to about 0.85 in full mode",
      lambda: figures.of_notebook(ROOT / "notebooks/exercises/solutions/02_preferences.ipynb"),
      lambda f: f"{f['accuracy_after']:.2f}"),
+    ("notebooks/09_limits.ipynb", "agree with gold on some 88% of held-out pairs", notebook("03_reward_model"),
+     lambda f: pct(f["label_gold_agreement"])),
 ]
 
 
