@@ -296,14 +296,17 @@ class SeparateRewardModel:
     A second copy of the backbone in memory, and the texts are tokenised again; the scores are the same."""
 
     name = "reward model"
-    normalised = True
 
-    def __init__(self, reward_model):
+    def __init__(self, reward_model, normalised: bool = True):
         self.reward_model = reward_model  # a RewardModel with its own trunk (load_reward_model(path))
+        # True: the reward model's own normalisation (a saved stage-2 model has one); False: raw scores, and
+        # the trainer fits gain and bias on the initial policy's samples (a freshly trained reward model)
+        self.normalised = normalised
 
     @torch.no_grad()
     def score(self, prompts: list[str], completions: list[str], rollout: Rollout | None = None) -> torch.Tensor:
-        return torch.tensor(self.reward_model.score_texts(prompts, completions), dtype=torch.float32)  # (B,)
+        scores = self.reward_model.score_texts(prompts, completions, normalised=self.normalised)
+        return torch.tensor(scores, dtype=torch.float32)  # (B,)
 
 
 # -----------------------------------------------------------------------------

@@ -721,3 +721,20 @@ def test_ppo_from_the_pretrained_model_skips_sft(reward_dir, monkeypatch):
     assert metrics["kl"] == 0.0 and math.isfinite(metrics["score"])
     with pytest.raises(LabError, match="start='nothing': use 'sft'"):
         build_trainer(cfg, start="nothing")
+
+
+def test_a_fresh_reward_model_on_its_own_trunk_gets_the_trainers_normalisation(tiny, prompts, reward_dir):
+    """SeparateRewardModel(normalised=False): raw scores, and the trainer fits gain and bias on the initial
+    policy's samples (as for any reward not normalised in stage 2); normalised=True keeps the model's own."""
+    from rlhf_lab.ppo import SeparateRewardModel
+
+    rm = load_reward_model(reward_dir, device="cpu")
+    texts = (["The film was", "I"], [" superb.", " dull."])
+    assert SeparateRewardModel(rm, normalised=False).score(*texts).tolist() == pytest.approx(
+        rm.score_texts(*texts, normalised=False))
+    assert SeparateRewardModel(rm).score(*texts).tolist() == pytest.approx(rm.score_texts(*texts))
+    model, tokenizer = tiny
+    cfg = ppo_config(steps=1, batch_size=8, minibatch_size=8, max_new_tokens=8, norm_episodes=16, device="cpu")
+    trainer = PPOTrainer(cfg, add_policy_adapter(copy.deepcopy(model), cfg), tokenizer,
+                         SeparateRewardModel(rm, normalised=False), prompts)
+    assert trainer.fit_score_normalisation()["fitted"] and trainer.score_gain != 1.0
