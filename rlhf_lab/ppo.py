@@ -76,7 +76,6 @@ from .gold import gold_scores
 from .ppo_math import (
     AdaptiveKLController,
     FixedKLController,
-    entropy_from_hidden,
     explained_variance,
     gae,
     grpo_advantages,
@@ -527,8 +526,8 @@ class PPOTrainer:
             # so that the ratio on the first minibatch is exactly 1)
             hidden, values = forward_response(self.model, input_ids, attention_mask, Tq, self.value_head,
                                               logits=False)                              # (B, T, C), (B, T)
-            logprobs = logprobs_from_hidden(hidden, self.head_weight, rollout.response, cfg.temperature)  # (B, T)
-            entropy = entropy_from_hidden(hidden, self.head_weight, cfg.temperature)    # (B, T)
+            logprobs, entropy = logprobs_from_hidden(hidden, self.head_weight, rollout.response, cfg.temperature,
+                                                     with_entropy=True)                  # (B, T) each
         # reference: the same trunk with every adapter off (the SFT model)
         with use_adapter(self.model, None):
             ref_hidden, _ = forward_response(self.model, input_ids, attention_mask, Tq, logits=False)  # (B, T, C)
@@ -665,8 +664,8 @@ class PPOTrainer:
         cfg = self.cfg
         hidden, vpred = self.response_forward(batch.input_ids, batch.attention_mask, batch.query_length,
                                               logits=False)                              # (B, T, C), (B, T)
-        new_logprobs = logprobs_from_hidden(hidden, self.head_weight, batch.response, cfg.temperature)  # (B, T)
-        batch.entropy = entropy_from_hidden(hidden, self.head_weight, cfg.temperature)  # (B, T), no gradient
+        new_logprobs, batch.entropy = logprobs_from_hidden(hidden, self.head_weight, batch.response, cfg.temperature,
+                                                           with_entropy=True)  # (B, T) each; no gradient in the entropy
         batch.logprobs = new_logprobs.detach()
         batch.values = vpred.detach() if vpred is not None else None
         return new_logprobs, vpred

@@ -123,21 +123,25 @@ class _HeadTokenLogprobs(torch.autograd.Function):
     the difference between 617 MB of logits and their gradient for 64 x 48 tokens and a few MB."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, tokens, temperature):
+    def forward(ctx, hidden, weight, tokens, temperature, with_entropy):
         B, T, _ = hidden.shape
         weight_ = weight.to(hidden.dtype)  # bf16 under autocast on a GPU, as the LM head's linear would be
-        out = torch.empty(tokens.shape, dtype=torch.promote_types(hidden.dtype, torch.float32),
-                          device=hidden.device)                                # (B, T)
+        dtype = torch.promote_types(hidden.dtype, torch.float32)
+        out = torch.empty(tokens.shape, dtype=dtype, device=hidden.device)                       # (B, T)
+        entropy = torch.empty(tokens.shape if with_entropy else (0,), dtype=dtype, device=hidden.device)
         for rows in _row_chunks(B, T, weight.shape[0]):
             z = _upcast(F.linear(hidden[rows], weight_)) / temperature         # (b, T, V)
             out[rows] = _token_log_softmax(z, tokens[rows])
+            if with_entropy:  # from the same chunk of logits: the rollout needs both, the LM head once
+                entropy[rows] = _entropy(z)
         ctx.save_for_backward(hidden, weight, tokens)
         ctx.temperature = temperature
-        return out
+        ctx.mark_non_differentiable(entropy)
+        return out, entropy
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, _grad_entropy):
         hidden, weight, tokens = ctx.saved_tensors
         B, T, _ = hidden.shape
         weight_ = weight.to(hidden.dtype)
@@ -150,12 +154,13 @@ class _HeadTokenLogprobs(torch.autograd.Function):
                 grad_hidden[rows] = dz @ weight_                                # (b, T, C)
             if grad_weight is not None:
                 grad_weight += (dz.flatten(0, 1).T @ hidden[rows].flatten(0, 1)).to(weight.dtype)  # (V, C)
-        return grad_hidden, grad_weight, None, None
+        return grad_hidden, grad_weight, None, None, None
 
 
 def logprobs_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor,
-                         temperature: float = 1.0) -> torch.Tensor:
+                         temperature: float = 1.0, with_entropy: bool = False):
     """logprobs_from_logits(hidden @ weight.T, tokens, temperature), the logits never held whole.
+    with_entropy: also return entropy_from_hidden's # (B, T) (no gradient), from the same chunks of logits.
 
     hidden  # (B, T, C): the LM head's input at the positions that predict tokens (trunk.forward_response
               with logits=False)
@@ -167,7 +172,8 @@ def logprobs_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, tokens: tor
         raise LabError(f"hidden states {tuple(hidden.shape)} and tokens {tuple(tokens.shape)} disagree on "
                        "(B, T): slice the hidden states so that position t predicts tokens[:, t].")
     _check_temperature(temperature)
-    return _HeadTokenLogprobs.apply(hidden, weight, tokens, temperature)
+    logprobs, entropy = _HeadTokenLogprobs.apply(hidden, weight, tokens, temperature, with_entropy)
+    return (logprobs, entropy) if with_entropy else logprobs
 
 
 def entropy_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -215,10 +221,14 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     _check_temperature(temperature)
     entropies = []
     for rows in _row_chunks(*logits.shape):  # as many rows at a time as fit CHUNK_ELEMENTS, as above
-        z = _upcast(logits[rows]) / temperature  # (b, T, V)
-        # H = -sum p log p = logsumexp(z) - sum p z, without forming log p (TRL's entropy_from_logits)
-        entropies.append(torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(-1))  # (b, T)
+        entropies.append(_entropy(_upcast(logits[rows]) / temperature))  # (b, T)
     return torch.cat(entropies)  # (B, T)
+
+
+def _entropy(z: torch.Tensor) -> torch.Tensor:
+    """H = -sum p log p = logsumexp(z) - sum p z # (b, T) of z # (b, T, V), without forming log p (TRL's
+    entropy_from_logits)."""
+    return torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(-1)
 
 
 # -----------------------------------------------------------------------------

@@ -124,6 +124,10 @@ def test_logprobs_from_hidden_are_those_of_the_logits(monkeypatch):
             assert torch.allclose(entropy_from_hidden(hidden, weight, temperature),
                                   entropy_from_logits(hidden.detach() @ weight.detach().T, temperature), atol=1e-12)
         assert torch.autograd.gradcheck(lambda h, w: logprobs_from_hidden(h, w, tokens, 0.7), (hidden, weight))
+        # with_entropy: the same log-probs and entropy_from_hidden's entropy, from one pass over the chunks
+        both, entropy = logprobs_from_hidden(hidden, weight, tokens, 0.7, with_entropy=True)
+        assert torch.equal(both, logprobs_from_hidden(hidden, weight, tokens, 0.7)) and not entropy.requires_grad
+        assert torch.equal(entropy, entropy_from_hidden(hidden, weight, 0.7))
     # a frozen head (GPT-2's tied embedding in the lab) gets no gradient, and costs none
     frozen = weight.detach()
     (grad_hidden,) = torch.autograd.grad(logprobs_from_hidden(hidden, frozen, tokens).sum(), (hidden,))
