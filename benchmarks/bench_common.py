@@ -95,6 +95,42 @@ def machine_line(info: dict) -> str:
 
 
 # -----------------------------------------------------------------------------
+# records: what the READMEs quote, kept in benchmarks/results/ (tests/test_quoted_figures.py checks the quotes)
+
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def write_record(path: Path, script: str, argv: list[str], info: dict, table: str) -> None:
+    """The run's date, machine, versions, settings, command line and report table, with no file paths (the
+    work folder is a temporary one), as JSON: the figures benchmarks/README.md and README.md quote."""
+    keep = {k: info[k] for k in ("date", "machine", "versions", "config", "matmul", "load_before", "load_after")
+            if k in info}
+    if isinstance(keep.get("matmul"), dict):  # its child's log lay in the temporary work folder
+        keep["matmul"] = {k: v for k, v in keep["matmul"].items() if k not in ("log", "work")}
+    record = {"command": " ".join(["python", f"benchmarks/{script}", *argv]), **keep, "table": table}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+def read_tables(table: str) -> list[dict]:
+    """The Markdown tables in a report: [{"header": [cells], "rows": {first cell: [the other cells]}}], in
+    order (a report may hold several tables, e.g. one per method)."""
+    tables, current = [], None
+    for line in table.splitlines():
+        if not line.startswith("|"):
+            current = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if current is None:
+            current = {"header": cells, "rows": {}}
+            tables.append(current)
+        elif not set("".join(cells)) <= set("-: "):
+            current["rows"][cells[0]] = cells[1:]
+    return tables
+
+
+# -----------------------------------------------------------------------------
 # options: one per field of the benchmark's config dataclass, its help from the field's comment
 
 
@@ -125,6 +161,9 @@ def config_parser(cls, description: str, choices: dict[str, list[str]]) -> argpa
                            default=f.default, help=help_text)
     p.add_argument("--work", type=Path, default=None, help="work folder (default: a fresh temporary one)")
     p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+    p.add_argument("--record", type=Path, default=None,
+                   help="also write what the READMEs quote (date, machine, versions, settings, command, table; no "
+                        "paths) to this JSON file: benchmarks/results/<script>.json is the one tests check them against")
     p.add_argument("--verbose", action="store_true", help="show each side's output instead of logging it")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p

@@ -43,6 +43,7 @@ import dataclasses
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ from pathlib import Path
 
 from bench_common import (GIB, TINY, child_main, our_trainer, time_our_updates, child_matmul, config_from_args, config_parser, machine_line,
                           model_shape, pass_flops, peak_rss, pick_prompts, proc_status, run_child, run_info,
-                          save_reward_models)
+                          save_reward_models, write_record)
 
 
 @dataclass
@@ -493,6 +494,8 @@ def main(argv=None) -> None:
         args.json.write_text(json.dumps({"info": info, "prepare": prepare, "results": results,
                                          "rounds": rounds, "table": table}, indent=2))
         print(f"\nwrote {args.json}")
+    if args.record:
+        write_record(args.record, "ppo_vs_trl.py", sys.argv[1:] if argv is None else list(argv), info, table)
 
 
 if __name__ == "__main__":

@@ -73,13 +73,15 @@ import dataclasses
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench_common import (GIB, TINY, child_main, our_trainer, time_our_updates, child_matmul, config_from_args, config_parser, machine_line,
-                          model_shape, pass_flops, pick_prompts, proc_status, run_child, run_info, save_reward_models)
+                          model_shape, pass_flops, pick_prompts, proc_status, run_child, run_info, save_reward_models,
+                          write_record)
 
 TRL_VERSION = "1.16.0"  # pyproject.toml's bench-current extra: the newest TRL that installs with transformers 5.x
 METHODS = ("dpo", "rloo", "grpo")
@@ -664,6 +666,8 @@ def main(argv=None) -> None:
         args.json.write_text(json.dumps({"info": info, "prepare": prepare, "results": results, "rounds": rounds,
                                          "table": table}, indent=2))
         print(f"\nwrote {args.json}")
+    if args.record:
+        write_record(args.record, "vs_trl_current.py", sys.argv[1:] if argv is None else list(argv), info, table)
 
 
 if __name__ == "__main__":

@@ -83,3 +83,24 @@ def test_hub_scale_counts_the_default_hub_run_and_floors_small_steps():
                                            "ppo_update")}, counts)
     assert est["parts"]["SFT training"]["gpu_seconds"] == pytest.approx(250 * 1e15 / (989e12 * bench.ASSUMED_MFU))
     assert est["sft_eval_share_of_flops"] == pytest.approx((2200 / 16) / est["total_flops"] * 1e15)
+
+
+def test_a_record_keeps_the_table_and_no_paths(tmp_path):
+    """--record: the date, machine, versions, settings, command and table a README quotes; the temporary work
+    folder's paths are left out; read_tables gives each table's rows by their first cell."""
+    common = load("bench_common")
+    table = ("Title line\n\n| | ours | TRL | ours / TRL |\n|---|---:|---:|---:|\n| speed | 96.4 | 37.6 | 2.56x |\n"
+             "| memory | 0.59 | 1.03 | 0.57x |\n\nGoal: met.\n\n| method | x |\n|---|---|\n| DPO | 6.9x |")
+    info = {"date": "2026-12-05", "machine": {"nproc": 2}, "versions": {"torch": "2.13.0"}, "config": {"threads": 2},
+            "work": "/tmp/x", "matmul": {"flops_per_second": 3.4e11, "log": "/tmp/x/matmul.log"}}
+    common.write_record(tmp_path / "r.json", "ppo_vs_trl.py", ["--rounds", "3"], info, table)
+    saved = (tmp_path / "r.json").read_text()
+    assert "/tmp/x" not in saved
+    import json
+    record = json.loads(saved)
+    assert record["command"] == "python benchmarks/ppo_vs_trl.py --rounds 3"
+    assert record["matmul"] == {"flops_per_second": 3.4e11} and record["table"] == table
+    tables = common.read_tables(record["table"])
+    assert [t["header"] for t in tables] == [["", "ours", "TRL", "ours / TRL"], ["method", "x"]]
+    assert tables[0]["rows"] == {"speed": ["96.4", "37.6", "2.56x"], "memory": ["0.59", "1.03", "0.57x"]}
+    assert tables[1]["rows"] == {"DPO": ["6.9x"]}

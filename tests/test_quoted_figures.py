@@ -8,11 +8,15 @@ moves: this test names every sentence to update.
 """
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from rlhf_lab import figures
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_common import read_tables  # noqa: E402 (standard library only at import time)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,6 +27,18 @@ def notebook(name):
 
 def pretraining():
     return json.loads((ROOT / "data" / "tiny-gpt2" / "pretraining.json").read_text())
+
+
+def record(name):
+    """A measurement the READMEs quote, kept in benchmarks/results/ (a benchmark's --record, or a run's summary)."""
+    return lambda: json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())
+
+
+def bench_row(name, label, table=0):
+    """One row of a benchmark record's report table, {first cell: other cells}, as benchmarks/README.md has it."""
+    def source():
+        return read_tables(record(name)()["table"])[table]["rows"][label]
+    return source
 
 
 def pct(x, digits=0):
@@ -98,6 +114,26 @@ QUOTES = [
      lambda f: f"{f['small_rm']['kl']:.1f} and {f['kl']:.1f}"),
     ("notebooks/04_ppo.ipynb", "(89.8% and 89.5%)", notebook("04_ppo"),
      lambda f: f"{pct(f['small_rm']['gold_accuracy'], 1)} and {pct(f['stage2_rm_gold_accuracy'], 1)}"),
+    # README.md's speed table and sentences, from the benchmarks' records
+    ("README.md", "| episodes / s, 2 threads (`python benchmarks/ppo_vs_trl.py --rounds 3`) | 96.4 | 37.6 | **2.56x** |",
+     bench_row("ppo_vs_trl", "episodes / s (median)"), lambda c: f"| {c[0]} | {c[1]} | **{c[2]}** |"),
+    ("README.md", "| peak resident memory (highest round), 2 threads | 0.59 GiB | 1.03 GiB | **0.57x** |",
+     bench_row("ppo_vs_trl", "peak RSS (GiB), highest round"), lambda c: f"| {c[0]} GiB | {c[1]} GiB | **{c[2]}** |"),
+    ("README.md", "| memory once the libraries are imported | 0.34 GiB | 0.42 GiB | 0.81x |",
+     bench_row("ppo_vs_trl", "RSS after imports (GiB)"), lambda c: f"| {c[0]} GiB | {c[1]} GiB | {c[2]} |"),
+    ("README.md", "| parameters held | 5.0 MiB | 13.7 MiB | 0.36x |",
+     bench_row("ppo_vs_trl", "parameters held (MiB)"), lambda c: f"| {c[0]} MiB | {c[1]} MiB | {c[2]} |"),
+    ("README.md", "side's fastest of 3 interleaved rounds. Measured 2026-12-05 on a 2-core Intel Xeon machine",
+     record("ppo_vs_trl"), lambda r: f"fastest of {r['command'].split('--rounds ')[1].split()[0]} interleaved rounds. "
+                                     f"Measured {r['date']} on a {r['machine']['nproc']}-core Intel Xeon"),
+    ("README.md", "torch 2.13.0+cpu, transformers 5.25.0, peft 0.21.2, trl 1.12.0 (2 threads)", record("ppo_vs_trl"),
+     lambda r: ", ".join(f"{k} {r['versions'][k]}" for k in ("torch", "transformers", "peft", "trl"))
+     + f" ({r['config']['threads']} threads)"),
+    ("README.md", "6.9x, 2.1x and 2.0x the throughput at 0.53x, 0.64x and 0.61x the peak memory",
+     lambda: read_tables(record("vs_trl_current")()["table"])[0]["rows"],
+     lambda rows: f"{float(rows['DPO'][3][:-1]):.1f}x, {float(rows['RLOO'][3][:-1]):.1f}x and "
+                  f"{float(rows['GRPO'][3][:-1]):.1f}x the throughput at {rows['DPO'][6]}, {rows['RLOO'][6]} and "
+                  f"{rows['GRPO'][6]} the peak memory"),
 ]
 
 
@@ -160,3 +196,20 @@ def test_the_exercises_readme_table_is_the_solutions_figures():
     text = (ROOT / "notebooks" / "exercises" / "README.md").read_text()
     for row in rows:
         assert row in text, f"notebooks/exercises/README.md should say: {row}"
+
+
+def test_the_benchmark_tables_are_the_records():
+    """benchmarks/README.md shows the benchmarks' tables as the committed records (benchmarks/results/, written
+    by --record) have them: PPO against TRL 1.12 row by row, and the summary of DPO, RLOO and GRPO against
+    TRL's current trainers cell by cell (its last column says the goals in words)."""
+    text = (ROOT / "benchmarks" / "README.md").read_text()
+    ppo = record("ppo_vs_trl")()
+    rows = [line for line in ppo["table"].splitlines() if line.startswith("|")]
+    assert len(rows) > 10
+    for line in rows:
+        assert line in text, f"benchmarks/README.md should have the record's row: {line}"
+    current = read_tables(record("vs_trl_current")()["table"])[0]
+    assert set(current["rows"]) == {"DPO", "RLOO", "GRPO"}
+    for method, cells in current["rows"].items():
+        row = "| " + " | ".join([method, *cells[:-1]]) + " |"
+        assert row in text, f"benchmarks/README.md should have the record's row: {row}"
