@@ -445,18 +445,32 @@ def gold_pairs(items: list[dict]):
 
 
 def size_study(cfg: RewardConfig, train_pairs, eval_pairs, trunk, tokenizer, layers=(1, 2, 4), seeds=(0, 1, 2),
-               random_init: bool = True, progress: bool = True) -> list[dict]:
+               random_init: bool = True, others: dict | None = None, progress: bool = True) -> list[dict]:
     """Reward models of several trunk depths (the first n blocks of the pretrained trunk, truncate_trunk) and,
     with random_init, one of the full depth from random weights, each trained on the same pairs with every seed
     and measured against gold on eval_pairs (gold_pairs: enough of them that the seeds' spread, not one run's
-    luck, decides). Rows: init, layers, parameters, seed, gold accuracy, seconds."""
-    runs = [("pretrained", n) for n in layers] + ([("random", max(layers))] if random_init else [])
+    luck, decides). others: more trunks to train on, {init label: [model, ...]}, e.g. {"pretrained, no SFT":
+    [the 4-layer tiny GPT-2, an 8-layer one]}: a reward model larger than the policy needs a larger pretrained
+    trunk, which truncating cannot make. Every trunk must use `tokenizer`. Rows: init, layers, parameters,
+    seed, gold accuracy, seconds."""
+    runs = [("pretrained", n, None) for n in layers] + ([("random", max(layers), None)] if random_init else [])
+    for init, models in (others or {}).items():
+        for model in models:
+            if model.config.vocab_size < len(tokenizer):
+                raise LabError(f"The {init!r} trunk of {model.config.n_layer} layers has a vocabulary of "
+                               f"{model.config.vocab_size}, smaller than the tokenizer's {len(tokenizer)}: "
+                               "pretrain it on the same corpus (python -m rlhf_lab.pretrain --n-layer N).")
+            runs.append((init, model.config.n_layer, model))
     rows = []
     bar = tqdm(total=len(runs) * len(seeds), desc="reward models", disable=not progress)
-    for init, n_layer in runs:
+    for init, n_layer, model in runs:
         for seed in seeds:
-            start = truncate_trunk(trunk, n_layer) if init == "pretrained" else \
-                truncate_trunk(random_trunk(trunk, seed), n_layer)
+            if model is not None:
+                start = copy.deepcopy(model)
+            elif init == "pretrained":
+                start = truncate_trunk(trunk, n_layer)
+            else:
+                start = truncate_trunk(random_trunk(trunk, seed), n_layer)
             result = train_reward_model(dataclasses.replace(cfg, seed=seed), train_pairs, trunk=start, tokenizer=tokenizer,
                                         eval_pairs=eval_pairs, progress=False)
             trunk_parameters = sum(p.numel() for p in start.parameters())

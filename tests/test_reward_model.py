@@ -421,3 +421,29 @@ def test_size_study_trains_each_trunk_and_a_random_start(tiny):
     assert rows[0]["trunk parameters"] < rows[1]["trunk parameters"] == rows[2]["trunk parameters"]
     assert all(0 <= r["gold_accuracy"] <= 1 and r["eval_pairs"] == len(held_out) for r in rows)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_size_study_trains_other_trunks_as_given(tiny):
+    """size_study(others=...): a trunk it cannot make by truncating (here: the tiny GPT-2 itself, standing in
+    for a larger pretrained one) is trained with every seed under its own label, from a copy; a trunk whose
+    vocabulary does not cover the tokenizer is refused before any training, with the command that makes one."""
+    from rlhf_lab.reward_model import size_study, truncate_trunk
+    from rlhf_lab.utils import LabError
+
+    model, tokenizer = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train, held_out = split_by_prompt(toy_pairs(), 0.34, seed=0)
+    rows = size_study(toy_cfg(epochs=1), train, held_out, model, tokenizer, layers=(1,), seeds=(3, 4),
+                      random_init=False, others={"pretrained, no SFT": [truncate_trunk(model, 2), model]},
+                      progress=False)
+    assert [(r["init"], r["layers"], r["seed"]) for r in rows] == [
+        ("pretrained", 1, 3), ("pretrained", 1, 4), ("pretrained, no SFT", 2, 3), ("pretrained, no SFT", 2, 4),
+        ("pretrained, no SFT", model.config.n_layer, 3), ("pretrained, no SFT", model.config.n_layer, 4)]
+    assert rows[-1]["trunk parameters"] == sum(p.numel() for p in model.parameters())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+    small_vocab = truncate_trunk(model, 1)
+    small_vocab.config.vocab_size = len(tokenizer) - 1
+    with pytest.raises(LabError, match=r"vocabulary of .* smaller than the tokenizer's .*--n-layer"):
+        size_study(toy_cfg(epochs=1), train, held_out, model, tokenizer, layers=(1,), seeds=(3,),
+                   random_init=False, others={"pretrained, no SFT": [small_vocab]}, progress=False)
