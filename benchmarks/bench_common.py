@@ -100,7 +100,7 @@ def machine_line(info: dict) -> str:
 RESULTS = REPO / "benchmarks" / "results"
 
 
-def write_record(path: Path, script: str, argv: list[str], info: dict, table: str) -> None:
+def write_record(path: Path, script: str, argv: list[str], info: dict, table: str, figures: dict | None = None) -> None:
     """The run's date, machine, versions, settings, command line and report table, with no file paths (the
     work folder is a temporary one), as JSON: the figures benchmarks/README.md and README.md quote."""
     keep = {k: info[k] for k in ("date", "machine", "versions", "config", "matmul", "load_before", "load_after")
@@ -108,6 +108,8 @@ def write_record(path: Path, script: str, argv: list[str], info: dict, table: st
     if isinstance(keep.get("matmul"), dict):  # its child's log lay in the temporary work folder
         keep["matmul"] = {k: v for k, v in keep["matmul"].items() if k not in ("log", "work")}
     record = {"command": " ".join(["python", f"benchmarks/{script}", *argv]), **keep, "table": table}
+    if figures is not None:
+        record["figures"] = figures
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")

@@ -2,7 +2,7 @@
 weights, GPT-2's real 50,257-token tokenizer) on this machine, and from those a stated estimate of the
 default `rlhf-lab run --model gpt2 --data stanfordnlp/imdb` on one GPU.
 
-    python benchmarks/hub_scale.py [--threads 2] [--repeats 3] [--json out.json]
+    python benchmarks/hub_scale.py [--threads 2] [--repeats 3] [--json out.json] [--record benchmarks/results/hub_scale.json]
 
 What it measures, each with the lab's own functions on hub-shaped data (tests/hub_world.py writes a Hugging
 Face cache holding `gpt2` at full size and `stanfordnlp/imdb` in its hub layout; everything loads by those
@@ -29,6 +29,7 @@ Those floors are assumptions, stated, not measurements: no GPU was lent to the s
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
@@ -252,6 +253,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default=None, help="also write the figures here")
+    p.add_argument("--record", default=None,
+                   help="also write the record the READMEs quote (date, machine, versions, command, tables, figures) "
+                        "here: benchmarks/results/hub_scale.json")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         build_world(Path(tmp))  # before transformers reads HF_HUB_OFFLINE
@@ -265,28 +269,43 @@ def main(argv=None):
     est = estimate(results, counts)
     print(f"gpt2 config, random weights: {results['parameters'] / 1e6:.1f}M parameters; torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads; matmul {rate / 1e9:.1f} GFLOP/s (fp32)")
-    print("\n| step | seconds (median) | peak memory (GiB) | GFLOPs | MFU |\n|---|---|---|---|---|")
+    table = report(results, est, rate)
+    print("\n" + table)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"matmul_flops_per_second": rate, "steps": results, "counts": counts,
+                                               "estimate": est}, indent=2) + "\n")
+    if args.record:
+        from bench_common import machine, versions, write_record
+
+        info = {"date": datetime.date.today().isoformat(), "machine": machine(), "versions": versions(),
+                "config": {"repeats": args.repeats, "threads": torch.get_num_threads()},
+                "matmul": {"flops_per_second": rate}}
+        write_record(Path(args.record), "hub_scale.py", sys.argv[1:] if argv is None else list(argv), info, table,
+                     {"steps": results, "counts": counts, "estimate": est})
+
+
+def report(results: dict, est: dict, rate: float) -> str:
+    """The two Markdown tables benchmarks/README.md shows (one step of each stage; the default hub run's
+    parts and the GPU estimate) and the sentence on SFT evaluation's share, the GPU and this machine."""
+    lines = ["| step | seconds | peak memory (GiB) | GFLOPs | MFU |", "|---|---|---|---|---|"]
     names = {"sft_step": "SFT step (16 demonstrations)", "sft_eval_16": "SFT held-out loss (16 demonstrations)",
              "sample_64x48": "sampling (64 prompts x 48 tokens)", "rm_step": "reward-model step (32 pairs)",
              "rm_forward_64": "reward-model scores (64 texts)", "ppo_update": "PPO update (64 episodes)"}
     for key, name in names.items():
         r = results[key]
-        print(f"| {name} | {r['seconds']:.2f} | {r['peak_gib']:.2f} | {r['flops'] / 1e9:,.0f} | "
-              f"{r['flops'] / r['seconds'] / rate:.0%} |")
-    print("\nThe default hub run (rlhf-lab run --model gpt2 --data stanfordnlp/imdb), from the configs:")
-    print("\n| part | count | TFLOPs | one GPU, estimated (s) |\n|---|---|---|---|")
+        lines.append(f"| {name} | {r['seconds']:.2f} | {r['peak_gib']:.2f} | {r['flops'] / 1e9:,.0f} | "
+                     f"{r['flops'] / r['seconds'] / rate:.0%} |")
+    lines += ["", "The default hub run (rlhf-lab run --model gpt2 --data stanfordnlp/imdb), from the configs:", "",
+              "| part | count | TFLOPs | one GPU, estimated (s) |", "|---|---|---|---|"]
     for name, r in est["parts"].items():
-        print(f"| {name} | {r['count']:,.0f} | {r['flops'] / 1e12:,.1f} | {r['gpu_seconds']:,.0f} |")
-    print(f"| total | | {est['total_flops'] / 1e12:,.1f} | {est['gpu_seconds']:,.0f} |")
-    print(f"\nSFT evaluation: {est['sft_eval_share_of_flops']:.1%} of the run's FLOPs. One GPU (H200, dense bf16 "
-          f"{H200_BF16_DENSE / 1e12:.0f} TFLOP/s at an assumed {ASSUMED_MFU:.0%}, floors {DECODE_FLOOR * 1e3:.0f} ms "
-          f"a generated position, {TRAIN_FLOOR * 1e3:.0f} ms a step, {FORWARD_FLOOR * 1e3:.0f} ms a forward pass): "
-          f"about {est['gpu_seconds'] / 60:.1f} minutes of training and sampling, plus loading (an estimate). "
-          f"On this machine: about {est['cpu_seconds'] / 3600:.1f} hours.")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"matmul_flops_per_second": rate, "steps": results, "counts": counts,
-                                               "estimate": est}, indent=2) + "\n")
-
+        lines.append(f"| {name} | {r['count']:,.0f} | {r['flops'] / 1e12:,.1f} | {r['gpu_seconds']:,.0f} |")
+    lines.append(f"| total | | {est['total_flops'] / 1e12:,.1f} | {est['gpu_seconds']:,.0f} |")
+    lines += ["", f"SFT evaluation: {est['sft_eval_share_of_flops']:.1%} of the run's FLOPs. One GPU (H200, dense bf16 "
+              f"{H200_BF16_DENSE / 1e12:.0f} TFLOP/s at an assumed {ASSUMED_MFU:.0%}, floors {DECODE_FLOOR * 1e3:.0f} ms "
+              f"a generated position, {TRAIN_FLOOR * 1e3:.0f} ms a step, {FORWARD_FLOOR * 1e3:.0f} ms a forward pass): "
+              f"about {est['gpu_seconds'] / 60:.1f} minutes of training and sampling, plus loading (an estimate). "
+              f"On this machine: about {est['cpu_seconds'] / 3600:.1f} hours."]
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()

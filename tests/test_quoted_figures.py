@@ -29,6 +29,10 @@ def pretraining():
     return json.loads((ROOT / "data" / "tiny-gpt2" / "pretraining.json").read_text())
 
 
+def pretraining_8layers():
+    return json.loads((ROOT / "data" / "tiny-gpt2-8layers" / "pretraining.json").read_text())
+
+
 def record(name):
     """A measurement the READMEs quote, kept in benchmarks/results/ (a benchmark's --record, or a run's summary)."""
     return lambda: json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())
@@ -49,6 +53,15 @@ def pct(x, digits=0):
 QUOTES = [
     ("data/README.md", "**Validation perplexity: 4.29**", pretraining, lambda f: f"{f['val_perplexity']:.2f}"),
     ("data/README.md", "(mean loss 1.456 nats per token", pretraining, lambda f: f"{f['val_loss']:.3f}"),
+    ("data/README.md", "**Validation perplexity: 4.31** (mean loss 1.461 nats per token), no better than the 4-layer "
+     "model's 4.29", lambda: (pretraining_8layers(), pretraining()),
+     lambda f: f"**Validation perplexity: {f[0]['val_perplexity']:.2f}** (mean loss {f[0]['val_loss']:.3f} nats per token), "
+               f"no better than the 4-layer model's {f[1]['val_perplexity']:.2f}"),
+    ("data/README.md", "1,968,640 parameters (1.7x the tiny GPT-2's; 8 blocks", lambda: (pretraining_8layers(), pretraining()),
+     lambda f: f"{f[0]['parameters']:,} parameters ({f[0]['parameters'] / f[1]['parameters']:.1f}x the tiny GPT-2's; "
+               f"{f[0]['config']['n_layer']} blocks"),
+    ("data/README.md", "2,394 steps in 1,832 s on 2 CPU cores (2 torch threads", pretraining_8layers,
+     lambda f: f"{f['steps']:,} steps in {f['seconds']:,.0f} s"),
     ("data/README.md", "128 positions: 1,175,552 parameters", notebook("00_welcome"), lambda f: f"{f['parameters']:,}"),
     ("data/README.md", "100% end with EOS", notebook("00_welcome"), lambda f: pct(f["eos_share"])),
     ("data/README.md", "distinct-2 0.40", notebook("00_welcome"), lambda f: f"{f['distinct_2']:.2f}"),
@@ -129,6 +142,32 @@ QUOTES = [
     ("README.md", "torch 2.13.0+cpu, transformers 5.25.0, peft 0.21.2, trl 1.12.0 (2 threads)", record("ppo_vs_trl"),
      lambda r: ", ".join(f"{k} {r['versions'][k]}" for k in ("torch", "transformers", "peft", "trl"))
      + f" ({r['config']['threads']} threads)"),
+    # README.md's main job, from the record of that `rlhf-lab run` (its summary.json)
+    ("README.md", "(2 min 3 s on an idle 2-core machine, 2026-12-05: reward model 85.6% accurate against the gold "
+     "labeler, PPO +1.10 SFT standard deviations of gold score at 5.0 nats of KL;", record("pipeline"),
+     lambda r: f"({int(r['seconds'] // 60)} min {round(r['seconds'] % 60)} s on an idle 2-core machine, {r['date']}: "
+               f"reward model {pct(r['reward_model']['heldout_accuracy'], 1)} accurate against the gold labeler, PPO "
+               f"{r['ppo']['gold_gain_in_sft_std']:+.2f} SFT standard deviations of gold score at {r['ppo']['kl']:.1f} "
+               "nats of KL;"),
+    # the CPU launch of the distributed run, from those runs' summary.json
+    ("README.md", "2 processes, gold -0.134 (SFT) -> +0.906 (PPO) at 3.50 nats of KL", record("distributed"),
+     lambda r: f"{r['two']['world_size']} processes, gold {r['two']['ppo']['gold_score_sft']:+.3f} (SFT) -> "
+               f"{r['two']['ppo']['gold_score_ppo']:+.3f} (PPO) at {r['two']['ppo']['kl']:.2f} nats of KL"),
+    ("README.md", "one process, -0.035 -> +1.008 at 3.84 nats, 24 s (33 s)", record("distributed"),
+     lambda r: f"one process, {r['one']['ppo']['gold_score_sft']:+.3f} -> {r['one']['ppo']['gold_score_ppo']:+.3f} at "
+               f"{r['one']['ppo']['kl']:.2f} nats, {r['one']['seconds']:.0f} s ({r['one']['wall_seconds']:.0f} s)"),
+    ("README.md", "29 s of stages (37 s with the launch)", record("distributed"),
+     lambda r: f"{r['two']['seconds']:.0f} s of stages ({r['two']['wall_seconds']:.0f} s with the launch)"),
+    # README.md on the hub world at GPT-2's size, from hub_scale.py's record
+    ("README.md", "steps: 948 TFLOPs in all, SFT's held-out loss 2.1% of them. On one H200 that is about 1.5 minutes",
+     record("hub_scale"), lambda r: f"steps: {r['figures']['estimate']['total_flops'] / 1e12:.0f} TFLOPs in all, SFT's "
+                                    f"held-out loss {pct(r['figures']['estimate']['sft_eval_share_of_flops'], 1)} of them. "
+                                    f"On one H200 that is about {r['figures']['estimate']['gpu_seconds'] / 60:.1f} minutes"),
+    ("README.md", "Memory on the CPU peaked at 7.9 GiB (the reward model's step on 32 pairs), 6.3 GiB for a PPO update",
+     record("hub_scale"), lambda r: f"peaked at {r['figures']['steps']['rm_step']['peak_gib']:.1f} GiB (the reward model's "
+                                    f"step on 32 pairs), {r['figures']['steps']['ppo_update']['peak_gib']:.1f} GiB"),
+    ("README.md", "the same run would take about 3.4 hours", record("hub_scale"),
+     lambda r: f"about {r['figures']['estimate']['cpu_seconds'] / 3600:.1f} hours"),
     ("README.md", "6.9x, 2.1x and 2.0x the throughput at 0.53x, 0.64x and 0.61x the peak memory",
      lambda: read_tables(record("vs_trl_current")()["table"])[0]["rows"],
      lambda rows: f"{float(rows['DPO'][3][:-1]):.1f}x, {float(rows['RLOO'][3][:-1]):.1f}x and "
@@ -213,3 +252,7 @@ def test_the_benchmark_tables_are_the_records():
     for method, cells in current["rows"].items():
         row = "| " + " | ".join([method, *cells[:-1]]) + " |"
         assert row in text, f"benchmarks/README.md should have the record's row: {row}"
+    hub = record("hub_scale")()
+    for line in hub["table"].splitlines():
+        if line.startswith("|"):
+            assert line in text, f"benchmarks/README.md should have the hub_scale record's row: {line}"
