@@ -150,13 +150,22 @@ def test_notebooks_00_to_04_record_their_figures_and_the_claims_hold():
     assert f3 and f3["fast"] is False
     assert f3["gold_accuracy"] > 0.8 and f3["held_out_pairs"] >= 300
     sizes = f3["trunk_sizes"]  # every trunk's figures, in an output: three depths and a random start, 3 seeds
-    assert set(sizes) == {"1 layer, pretrained", "2 layers, pretrained", "4 layers, pretrained", "4 layers, random"}
+    assert set(sizes) == {"1 layer, pretrained", "2 layers, pretrained", "4 layers, pretrained", "4 layers, random",
+                          "4 layers, pretrained, no SFT", "8 layers, pretrained, no SFT"}
     assert all(v["seeds"] == 3 for v in sizes.values()) and f3["size_study_pairs"] >= 1000
     acc = {k: v["gold_accuracy"] for k, v in sizes.items()}
     # deeper reads better, by more than the seeds' spread; a random start is far behind the pretrained one
     for small, large in (("1 layer, pretrained", "2 layers, pretrained"), ("2 layers, pretrained", "4 layers, pretrained")):
         assert acc[large] - acc[small] > max(sizes[small]["std"], sizes[large]["std"]), (small, large)
     assert acc["4 layers, pretrained"] - acc["4 layers, random"] > 0.1
+    # larger than the policy (8 layers against 4, both pretrained without SFT): better by more than either's
+    # spread over seeds, and each halving below the policy's size costs two points or more
+    big, same = sizes["8 layers, pretrained, no SFT"], sizes["4 layers, pretrained, no SFT"]
+    assert big["gold_accuracy"] - same["gold_accuracy"] > max(big["std"], same["std"])
+    assert acc["4 layers, pretrained"] - acc["2 layers, pretrained"] >= 0.02
+    assert acc["2 layers, pretrained"] - acc["1 layer, pretrained"] >= 0.02
+    # SFT's adapter changes the reward model's accuracy by less than the seeds' spread
+    assert abs(acc["4 layers, pretrained"] - same["gold_accuracy"]) < same["std"]
 
     f4 = figures.of_notebook(ROOT / "notebooks" / "04_ppo.ipynb")
     assert f4 and f4["fast"] is False

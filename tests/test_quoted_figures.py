@@ -98,6 +98,25 @@ QUOTES = [
      lambda f: f"{100 * f['trunk_sizes']['4 layers, random']['std']:.1f}"),
     ("notebooks/03_reward_model.ipynb", "worth some 17 points over random weights", notebook("03_reward_model"),
      lambda f: f"{100 * (f['trunk_sizes']['4 layers, pretrained']['gold_accuracy'] - f['trunk_sizes']['4 layers, random']['gold_accuracy']):.0f}"),
+    ("notebooks/03_reward_model.ipynb", "The 8-layer trunk reaches **88.5%** against **87.2%** for its like-for-like "
+     "partner", notebook("03_reward_model"),
+     lambda f: f"**{pct(f['trunk_sizes']['8 layers, pretrained, no SFT']['gold_accuracy'], 1)}** against "
+               f"**{pct(f['trunk_sizes']['4 layers, pretrained, no SFT']['gold_accuracy'], 1)}**"),
+    ("notebooks/03_reward_model.ipynb", "deviations 0.8 and 0.9 points): 1.3 points", notebook("03_reward_model"),
+     lambda f: (lambda big, small: f"{100 * big['std']:.1f} and {100 * small['std']:.1f} points): "
+                f"{100 * (big['gold_accuracy'] - small['gold_accuracy']):.1f} points")(
+         f["trunk_sizes"]["8 layers, pretrained, no SFT"], f["trunk_sizes"]["4 layers, pretrained, no SFT"])),
+    ("notebooks/03_reward_model.ipynb", "1.8x the training time (92 s against 52 s a run)", notebook("03_reward_model"),
+     lambda f: (lambda big, small: f"{big / small:.1f}x the training time ({big:.0f} s against {small:.0f} s")(
+         f["trunk_sizes"]["8 layers, pretrained, no SFT"]["seconds"], f["trunk_sizes"]["4 layers, pretrained, no SFT"]["seconds"])),
+    ("notebooks/03_reward_model.ipynb", "for 1.7x the trunk's parameters", lambda: (pretraining_8layers(), pretraining()),
+     lambda f: f"{f[0]['parameters'] / f[1]['parameters']:.1f}x"),
+    ("notebooks/03_reward_model.ipynb", "(validation perplexity 4.31 against 4.29", lambda: (pretraining_8layers(), pretraining()),
+     lambda f: f"{f[0]['val_perplexity']:.2f} against {f[1]['val_perplexity']:.2f}"),
+    ("notebooks/03_reward_model.ipynb", "the SFT trunk's 87.3% and the bare trunk's 87.2% are one result",
+     notebook("03_reward_model"),
+     lambda f: f"{pct(f['trunk_sizes']['4 layers, pretrained']['gold_accuracy'], 1)} and the bare trunk's "
+               f"{pct(f['trunk_sizes']['4 layers, pretrained, no SFT']['gold_accuracy'], 1)}"),
     ("notebooks/04_ppo.ipynb", "the same 40 updates reach **+1.33** (from +0.07)", notebook("04_ppo"),
      lambda f: f"{f['steps']} updates reach **{f['from_pretrained']['gold_after']:+.2f}** (from "
                f"{f['from_pretrained']['gold_before']:+.2f})"),
