@@ -178,6 +178,9 @@ def test_notebooks_00_to_04_record_their_figures_and_the_claims_hold():
     # a 1-layer reward model: PPO against it still gains, about as much gold ("costs PPO little")
     assert f4["small_rm"]["gold_after"] > f4["gold_sft"] + 0.5
     assert abs(f4["small_rm"]["gold_after"] - f4["gold_ppo"]) < 0.15
+    # the 8-layer reward model (larger than the policy) takes PPO as far, not further: within 0.15 of the others
+    assert f4["large_rm"]["gold_after"] > f4["gold_sft"] + 0.5
+    assert abs(f4["large_rm"]["gold_after"] - f4["gold_ppo"]) < 0.15
     # the sweep: the smaller beta, the farther the policy travels
     sweep = sorted(f4["sweep"].values(), key=lambda r: r["beta"])
     assert [r["kl"] for r in sweep] == sorted((r["kl"] for r in sweep), reverse=True)

@@ -139,13 +139,15 @@ QUOTES = [
      lambda f: f"{f['accuracy_after']:.2f}"),
     ("notebooks/09_limits.ipynb", "agree with gold on some 88% of held-out pairs", notebook("03_reward_model"),
      lambda f: pct(f["label_gold_agreement"])),
-    ("notebooks/04_ppo.ipynb", "gold **+1.21** after the same 40 updates against **+1.25** with the stage-2 model",
-     notebook("04_ppo"), lambda f: f"**{f['small_rm']['gold_after']:+.2f}** after the same {f['steps']} updates against "
-                                   f"**{f['gold_ppo']:+.2f}**"),
-    ("notebooks/04_ppo.ipynb", "at 4.3 and 4.0 nats of KL (one seed each)", notebook("04_ppo"),
-     lambda f: f"{f['small_rm']['kl']:.1f} and {f['kl']:.1f}"),
-    ("notebooks/04_ppo.ipynb", "(89.8% and 89.5%)", notebook("04_ppo"),
-     lambda f: f"{pct(f['small_rm']['gold_accuracy'], 1)} and {pct(f['stage2_rm_gold_accuracy'], 1)}"),
+    ("notebooks/04_ppo.ipynb", "gold **+1.21** (1 layer) and **+1.18** (8 layers) after the same 40 updates against "
+     "**+1.25** with the stage-2 model", notebook("04_ppo"),
+     lambda f: f"**{f['small_rm']['gold_after']:+.2f}** (1 layer) and **{f['large_rm']['gold_after']:+.2f}** (8 layers) "
+               f"after the same {f['steps']} updates against **{f['gold_ppo']:+.2f}**"),
+    ("notebooks/04_ppo.ipynb", "at 4.3, 4.1 and 4.0 nats of KL (one seed each)", notebook("04_ppo"),
+     lambda f: f"{f['small_rm']['kl']:.1f}, {f['large_rm']['kl']:.1f} and {f['kl']:.1f}"),
+    ("notebooks/04_ppo.ipynb", "(89.8%, 89.5% and 89.5%)", notebook("04_ppo"),
+     lambda f: f"{pct(f['small_rm']['gold_accuracy'], 1)}, {pct(f['large_rm']['gold_accuracy'], 1)} and "
+               f"{pct(f['stage2_rm_gold_accuracy'], 1)}"),
     # README.md's speed table and sentences, from the benchmarks' records
     ("README.md", "| episodes / s, 2 threads (`python benchmarks/ppo_vs_trl.py --rounds 3`) | 96.4 | 37.6 | **2.56x** |",
      bench_row("ppo_vs_trl", "episodes / s (median)"), lambda c: f"| {c[0]} | {c[1]} | **{c[2]}** |"),
