@@ -78,19 +78,20 @@ def test_notebook_07_iterated_rlhf_and_its_prose_hold():
     f = figures.of_notebook(ROOT / "notebooks" / "07_iterated_rlhf.ipynb")
     assert f, "notebook 07 carries no figures: run scripts/run_notebooks.py on it"
     assert f["fast"] is False and f["rounds"] >= 3
-    # the refreshed reward model judges the last round's policy samples better than the first one
-    assert f["rm_acc_policy_samples_refreshed"] > f["rm_acc_policy_samples_stale"]
+    # the refreshed reward model judges the policy's samples about as well as the first one: within a point and
+    # a half each round ("about the standard error")
+    assert all(abs(r - st) < 0.015 for r, st in zip(f["rm_acc_refreshed_per_round"], f["rm_acc_stale_per_round"]))
     assert f["rm_acc_pairs"] >= 1000  # ~1 point of standard error
     # the same labels for one-shot; both policies beat SFT
     assert f["labels_per_round"][-1] == 700 and f["labels_per_round"] == sorted(f["labels_per_round"])
     assert min(f["gold_iterated"], f["gold_one_shot_same_labels"]) > f["gold_sft"]
     # "a few nats": the adaptive KL penalty holds both policies near the SFT model
     assert f["kl_iterated"] < 6 and f["kl_one_shot"] < 6
-    # the new labels are noisier: 89% of round 0's pairs agree with gold, 75-78% of the later rounds'
+    # the new labels are noisier, and fewer each round: 89% of round 0's pairs agree with gold, 68-82% later
     first, later = f["labels_agree_per_round"][0], f["labels_agree_per_round"][1:]
-    assert first > 0.85 and all(0.72 < a < 0.80 for a in later)
-    # ... about as often as the first reward model already orders the policy's pairs right
-    assert all(abs(a - s) < 0.05 for a, s in zip(later, f["rm_acc_stale_per_round"]))
+    assert first > 0.85 and later == sorted(later, reverse=True) and later[0] < first
+    # ... in the last two rounds less often than the first reward model already orders the policy's pairs right
+    assert all(a < st for a, st in zip(later[1:], f["rm_acc_stale_per_round"][1:]))
     # one round's new rankings: a quarter of the first file
     assert f["labels_per_round"][1] - f["labels_per_round"][0] == f["labels_per_round"][0] // 4
 

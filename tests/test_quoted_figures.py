@@ -72,7 +72,7 @@ QUOTES = [
      lambda f: f"{f['bon_kl']['64']:.0f}"),
     ("notebooks/07_iterated_rlhf.ipynb", "89% of round 0's pairs", notebook("07_iterated_rlhf"),
      lambda f: pct(f["labels_agree_per_round"][0])),
-    ("notebooks/07_iterated_rlhf.ipynb", "75-78% of the later rounds'", notebook("07_iterated_rlhf"),
+    ("notebooks/07_iterated_rlhf.ipynb", "68-82% of the later rounds'", notebook("07_iterated_rlhf"),
      lambda f: f"{100 * min(f['labels_agree_per_round'][1:]):.0f}-{pct(max(f['labels_agree_per_round'][1:]))}"),
     ("notebooks/02_rankings.ipynb", "against gold on 599 held-out pairs", notebook("08_classroom"),
      lambda f: str(f["rm_eval_pairs"])),
