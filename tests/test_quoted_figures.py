@@ -155,6 +155,13 @@ QUOTES = [
      bench_row("ppo_vs_trl", "peak RSS (GiB), highest round"), lambda c: f"| {c[0]} GiB | {c[1]} GiB | **{c[2]}** |"),
     ("README.md", "| memory once the libraries are imported | 0.34 GiB | 0.42 GiB | 0.81x |",
      bench_row("ppo_vs_trl", "RSS after imports (GiB)"), lambda c: f"| {c[0]} GiB | {c[1]} GiB | {c[2]} |"),
+    ("benchmarks/README.md", "The reward model's step costs 2.7x its forward pass on the same 64 texts (9.30 s against 3.46 s;",
+     record("hub_scale"), lambda r: (lambda st: f"{st['rm_step']['seconds'] / st['rm_forward_64']['seconds']:.1f}x its forward "
+                                                f"pass on the same 64 texts ({st['rm_step']['seconds']:.2f} s against "
+                                                f"{st['rm_forward_64']['seconds']:.2f} s")(r["figures"]["steps"])),
+    ("benchmarks/README.md", "counts more FLOPs (10,807 GFLOPs against 9,858) and takes less time (61.5 s against",
+     record("hub_scale"), lambda r: f"({r['figures']['steps']['ppo_update']['flops'] / 1e9:,.0f} GFLOPs against 9,858) and "
+                                    f"takes less time ({r['figures']['steps']['ppo_update']['seconds']:.1f} s against"),
     ("README.md", "| parameters held | 5.0 MiB | 13.7 MiB | 0.36x |",
      bench_row("ppo_vs_trl", "parameters held (MiB)"), lambda c: f"| {c[0]} MiB | {c[1]} MiB | {c[2]} |"),
     ("README.md", "side's fastest of 3 interleaved rounds. Measured 2026-12-05 on a 2-core Intel Xeon machine",
@@ -180,14 +187,14 @@ QUOTES = [
     ("README.md", "29 s of stages (37 s with the launch)", record("distributed"),
      lambda r: f"{r['two']['seconds']:.0f} s of stages ({r['two']['wall_seconds']:.0f} s with the launch)"),
     # README.md on the hub world at GPT-2's size, from hub_scale.py's record
-    ("README.md", "steps: 948 TFLOPs in all, SFT's held-out loss 2.1% of them. On one H200 that is about 1.5 minutes",
+    ("README.md", "steps: 986 TFLOPs in all, SFT's held-out loss 2.0% of them. On one H200 that is about 1.5 minutes",
      record("hub_scale"), lambda r: f"steps: {r['figures']['estimate']['total_flops'] / 1e12:.0f} TFLOPs in all, SFT's "
                                     f"held-out loss {pct(r['figures']['estimate']['sft_eval_share_of_flops'], 1)} of them. "
                                     f"On one H200 that is about {r['figures']['estimate']['gpu_seconds'] / 60:.1f} minutes"),
     ("README.md", "Memory on the CPU peaked at 7.9 GiB (the reward model's step on 32 pairs), 6.3 GiB for a PPO update",
      record("hub_scale"), lambda r: f"peaked at {r['figures']['steps']['rm_step']['peak_gib']:.1f} GiB (the reward model's "
                                     f"step on 32 pairs), {r['figures']['steps']['ppo_update']['peak_gib']:.1f} GiB"),
-    ("README.md", "the same run would take about 3.4 hours", record("hub_scale"),
+    ("README.md", "the same run would take about 1.8 hours", record("hub_scale"),
      lambda r: f"about {r['figures']['estimate']['cpu_seconds'] / 3600:.1f} hours"),
     ("README.md", "6.9x, 2.1x and 2.0x the throughput at 0.53x, 0.64x and 0.61x the peak memory",
      lambda: read_tables(record("vs_trl_current")()["table"])[0]["rows"],
