@@ -97,9 +97,6 @@ def machine_line(info: dict) -> str:
 # -----------------------------------------------------------------------------
 # records: what the READMEs quote, kept in benchmarks/results/ (tests/test_quoted_figures.py checks the quotes)
 
-RESULTS = REPO / "benchmarks" / "results"
-
-
 def write_record(path: Path, script: str, argv: list[str], info: dict, table: str, figures: dict | None = None) -> None:
     """The run's date, machine, versions, settings, command line and report table, with no file paths (the
     work folder is a temporary one), as JSON: the figures benchmarks/README.md and README.md quote."""
