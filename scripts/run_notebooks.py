@@ -1,6 +1,12 @@
 """Execute notebooks in place, so that the committed notebooks carry a full run's outputs.
 
-    python scripts/run_notebooks.py notebooks/00_welcome.ipynb [more.ipynb ...] [--fast]
+    python scripts/run_notebooks.py notebooks/00_welcome.ipynb [more.ipynb ...] [--fast] [--runs DIR]
+
+Notebooks keep their results in runs/ (RLHF_LAB_RUNS) and take what an earlier run left there: 03
+loads 02's rankings, 07 and 08 carry on from their own cached rounds. So a re-run after a change to the
+package can replay old results. For a run from nothing, give an empty folder and every notebook in
+order: --runs /tmp/fresh-runs notebooks/0*.ipynb. Without --runs, the runner says which notebooks
+already have a run folder in runs/.
 
 Without --fast this is the full (not FAST) run a reader should see. It refuses to save a notebook
 whose run raised an error: a learner must never open a notebook on a traceback. The figures the
@@ -64,8 +70,17 @@ def main() -> int:
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--fast", action="store_true", help="run with RLHF_LAB_FAST=1 (for a quick check)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    parser.add_argument("--runs", type=Path, help="the runs/ folder the notebooks read and write (RLHF_LAB_RUNS); "
+                        "an empty one runs them from nothing")
     args = parser.parse_args()
     os.environ["RLHF_LAB_FAST"] = "1" if args.fast else "0"
+    if args.runs:
+        args.runs.mkdir(parents=True, exist_ok=True)
+        os.environ["RLHF_LAB_RUNS"] = str(args.runs.resolve())
+    runs = Path(os.environ.get("RLHF_LAB_RUNS", Path(__file__).resolve().parents[1] / "runs"))
+    if existing := sorted(p.name for p in runs.glob("*") if p.is_dir()):
+        print(f"note: {runs} already holds {', '.join(existing)}; notebooks that find their results there "
+              "reuse them (--runs EMPTY_FOLDER runs from nothing)", flush=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for path in args.notebooks:
         nb = nbformat.read(path, as_version=4)

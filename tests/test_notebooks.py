@@ -67,3 +67,26 @@ def test_notebook_runs_in_fast_mode(path, tmp_path, monkeypatch, request):
     # the figures the committed (full) run recorded are recorded in FAST mode too
     committed = figures.of_notebook(path)
     assert set(figures.collect(nb)) >= set(committed), set(committed) - set(figures.collect(nb))
+
+
+@pytest.mark.notebook
+def test_runner_runs_in_the_runs_folder_it_is_given(tmp_path):
+    """scripts/run_notebooks.py --runs DIR: the kernel's RLHF_LAB_RUNS is DIR (a re-run from nothing), the
+    figures are saved in the notebook's metadata, and a folder already holding runs is named in a note."""
+    import subprocess
+    import sys
+
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import os\nfrom rlhf_lab import figures\nfigures.record(runs=os.environ['RLHF_LAB_RUNS'])")])
+    path = tmp_path / "probe.ipynb"
+    nbformat.write(nb, path)
+    runs = tmp_path / "fresh"
+    (runs / "04_ppo").mkdir(parents=True)
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_notebooks.py"), "--fast", "--runs", str(runs),
+                          str(path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"{runs} already holds 04_ppo" in out.stdout
+    meta = nbformat.read(path, as_version=4).metadata["rlhf_lab"]
+    assert meta["figures"] == {"runs": str(runs)}
+    assert meta["last_run"]["fast"] is True
