@@ -9,6 +9,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n 2 (pyproject.toml): two test processes share the CPUs, so one thread each, and one for
+    # what they start (notebook kernels, CLI runs). Threads of two processes spinning on the same cores
+    # slow both several times over (benchmarks/README.md); the tiny model's operators gain little from two.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
