@@ -27,6 +27,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from rlhf_lab import figures
+from rlhf_lab.utils import RUNS_DIR
 
 
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
@@ -74,10 +75,10 @@ def main() -> int:
                         "an empty one runs them from nothing")
     args = parser.parse_args()
     os.environ["RLHF_LAB_FAST"] = "1" if args.fast else "0"
+    runs = args.runs.resolve() if args.runs else RUNS_DIR  # RUNS_DIR: RLHF_LAB_RUNS, or the repository's runs/
     if args.runs:
-        args.runs.mkdir(parents=True, exist_ok=True)
-        os.environ["RLHF_LAB_RUNS"] = str(args.runs.resolve())
-    runs = Path(os.environ.get("RLHF_LAB_RUNS", Path(__file__).resolve().parents[1] / "runs"))
+        runs.mkdir(parents=True, exist_ok=True)
+        os.environ["RLHF_LAB_RUNS"] = str(runs)  # the kernels inherit it
     if existing := sorted(p.name for p in runs.glob("*") if p.is_dir()):
         print(f"note: {runs} already holds {', '.join(existing)}; notebooks that find their results there "
               "reuse them (--runs EMPTY_FOLDER runs from nothing)", flush=True)
