@@ -77,6 +77,8 @@ class BenchConfig:
     sides: tuple[str, ...] = ("ours", "trl")  # which sides to run, in this order
     rounds: int = 1  # run the sides this many times, interleaved, and keep each side's fastest round
     profile: bool = False  # also profile one extra update of ours (torch.profiler + cProfile)
+    compile: bool = False  # ours with PPOConfig.compile (torch.compile; it compiles in the warm-up update)
+    # TRL's side stays as it is by default, eager
 
 
 # -----------------------------------------------------------------------------
@@ -167,7 +169,7 @@ def child_ours(cfg: BenchConfig, work: Path) -> dict:
         micro_batch_size=cfg.micro_batch_size, ppo_epochs=cfg.ppo_epochs, max_new_tokens=cfg.response_length,
         temperature=cfg.temperature,
         kl_coef=cfg.kl_coef, adaptive_kl=False, lr=cfg.lr, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-        seed=cfg.seed, device="cpu")
+        seed=cfg.seed, device="cpu", compile=cfg.compile)
     trainer, reward = our_trainer(pcfg, work, prompts)
     build_seconds = time.perf_counter() - build_start
     rss["after_build"] = proc_status("VmRSS")
@@ -375,7 +377,7 @@ def update_flops(cfg: BenchConfig, shape: dict) -> float:
 def report(cfg: BenchConfig, results: dict, prepare: dict, info: dict) -> str:
     """The Markdown table for the README, with the machine, the versions and the load."""
     sides = [s for s in ("ours", "trl") if s in results]
-    names = {"ours": "rlhf_lab", "trl": "TRL 1.12 PPOTrainer"}
+    names = {"ours": "rlhf_lab" + (" (torch.compile)" if cfg.compile else ""), "trl": "TRL 1.12 PPOTrainer"}
     summary = {s: summarise_updates(results[s]["updates"], cfg.warmup, cfg.batch_size) for s in sides}
 
     def row(label, fmt, value, ratio=True):

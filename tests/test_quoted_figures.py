@@ -155,6 +155,12 @@ QUOTES = [
      bench_row("ppo_vs_trl", "peak RSS (GiB), highest round"), lambda c: f"| {c[0]} GiB | {c[1]} GiB | **{c[2]}** |"),
     ("README.md", "| memory once the libraries are imported | 0.34 GiB | 0.42 GiB | 0.81x |",
      bench_row("ppo_vs_trl", "RSS after imports (GiB)"), lambda c: f"| {c[0]} GiB | {c[1]} GiB | {c[2]} |"),
+    ("README.md", "104.9 against 38.8 episodes/s, **2.70x**",
+     bench_row("ppo_vs_trl_compile", "episodes / s (median)"), lambda c: f"{c[0]} against {c[1]} episodes/s, **{c[2]}**"),
+    ("README.md", "at 0.61 GiB against 1.03 GiB (0.59x)",
+     bench_row("ppo_vs_trl_compile", "peak RSS (GiB), highest round"), lambda c: f"at {c[0]} GiB against {c[1]} GiB ({c[2]})"),
+    ("README.md", "(the whole subprocess: 28.4 s against 23.4 s)",
+     bench_row("ppo_vs_trl_compile", "seconds, whole subprocess"), lambda c: f"{c[0]} s against {c[1]} s"),
     ("benchmarks/README.md", "The reward model's step costs 2.7x its forward pass on the same 64 texts (9.30 s against 3.46 s;",
      record("hub_scale"), lambda r: (lambda st: f"{st['rm_step']['seconds'] / st['rm_forward_64']['seconds']:.1f}x its forward "
                                                 f"pass on the same 64 texts ({st['rm_step']['seconds']:.2f} s against "
