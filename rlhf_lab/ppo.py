@@ -175,7 +175,8 @@ class PPOConfig:
     fused_gelu: bool = True  # run GPT-2's gelu_new as torch's one fused op (the same function to ~1e-6):
     # the Python formula keeps several intermediate tensors per MLP for the backward pass, the fused op one
     compile: bool = False  # torch.compile the policy's forward pass: faster updates after compiling once
-    # (one process). Tiny world, 2-core CPU: ~30 s of compiling, then updates ~20% faster: long runs only
+    # (one process). Tiny world, 2-core CPU: ~30 s of compiling, then updates ~20% faster: long runs only.
+    # Same seed, same run; but its float rounding is not eager's, so its samples part from an eager run's
     # bookkeeping
     seed: Seed = 0  # LoRA init, prompt order, sampling: same seed, same run
     checkpoint_every: Count = 10  # steps between checkpoints (resume=True continues from the last one)
