@@ -92,8 +92,9 @@ from .rl_plots import LivePlot, plot_diagnostics, plot_history, plot_kl_tradeoff
 from .trunk import (POLICY, REWARD, ResponseForward, add_policy_adapter, build_trunk, causal_lm,  # noqa: F401
                     forward_response, lm_head_weight, parameter_memory, sample_from, sample_responses, save_adapter,
                     use_adapter, use_fused_gelu)
-from .utils import (ConfigError, LabError, TrainingDiverged, config_to_dict, pick_device, reading_saved,
-                    replacing_folder, rng_states, save_config, saved_folder, set_rng_states, set_seed, write_torch)
+from .utils import (ConfigError, LabError, TrainingDiverged, config_to_dict, cxx_compiler, pick_device,
+                    reading_saved, replacing_folder, rng_states, save_config, saved_folder, set_rng_states, set_seed,
+                    write_torch)
 
 ALGOS = ("ppo", "rloo", "grpo")
 CONFIG_FILE = "ppo_config.json"
@@ -176,7 +177,7 @@ class PPOConfig:
     # the Python formula keeps several intermediate tensors per MLP for the backward pass, the fused op one
     compile: bool = False  # torch.compile the policy's forward pass: faster updates after compiling once
     # (one process). Tiny world, 2-core CPU: ~30 s of compiling, then updates ~20% faster: long runs only.
-    # Same seed, same run; but its float rounding is not eager's, so its samples part from an eager run's
+    # Same seed, same run; but its float rounding is not eager's, so its samples part from an eager run's.
     # bookkeeping
     seed: Seed = 0  # LoRA init, prompt order, sampling: same seed, same run
     checkpoint_every: Count = 10  # steps between checkpoints (resume=True continues from the last one)
@@ -445,7 +446,7 @@ class PPOTrainer:
             if self.ddp is not None:
                 raise ConfigError("compile=True is for one process; under accelerate launch leave it off "
                                   "(--ppo-compile)")
-            if self.device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
+            if self.device.type == "cpu" and cxx_compiler() is None:
                 raise ConfigError("compile=True on the CPU needs a C++ compiler, which torch.compile builds its "
                                   "kernels with: install one (Debian: apt install g++) or leave --ppo-compile off")
             # dynamic: one graph for every response length; the rollout's no-grad pass gets a second graph

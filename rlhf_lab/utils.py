@@ -122,6 +122,12 @@ PRECISIONS = ("auto", "bf16", "fp32")
 _precision = {"value": os.environ.get("RLHF_LAB_PRECISION", "auto").strip().lower() or "auto"}
 
 
+def cxx_compiler() -> str | None:
+    """The C++ compiler torch.compile would build CPU kernels with ($CXX, else g++, c++ or clang++), or None."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    return next((path for name in names if (path := shutil.which(name))), None)
+
+
 def set_precision(value: str) -> None:
     """How forward passes run: "auto" (bf16 autocast on a CUDA GPU that supports it, fp32 elsewhere),
     "bf16" (bf16 autocast on CUDA or the CPU), "fp32" (never autocast). RLHF_LAB_PRECISION sets the

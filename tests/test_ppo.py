@@ -39,7 +39,7 @@ from rlhf_lab.reward_model import (
     new_reward_head,
     save_reward_model,
 )
-from rlhf_lab.utils import LabError, set_seed
+from rlhf_lab.utils import LabError, cxx_compiler, set_seed
 
 
 @pytest.fixture(scope="module")
@@ -325,8 +325,7 @@ def test_micro_batches_make_the_same_update(tiny, prompts, reward_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                    reason="torch.compile on the CPU needs a C++ compiler (apt: g++)")
+@pytest.mark.skipif(cxx_compiler() is None, reason="torch.compile on the CPU needs a C++ compiler (apt: g++)")
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inductor imports
 def test_compiled_forward_makes_the_same_update(tiny, prompts, reward_dir):
     """compile=True (torch.compile of the policy's forward pass) is the same run as without it: the first
@@ -344,13 +343,13 @@ def test_compiled_forward_makes_the_same_update(tiny, prompts, reward_dir):
     assert max(abs(s["ratio_max"] - 1.0) for s in compiled.minibatch_stats[1:]) > 1e-6  # and it trained
 
 
-
 def test_compile_without_a_compiler_says_what_to_install(tiny, prompts, monkeypatch):
     from rlhf_lab.utils import ConfigError
 
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(ConfigError, match=r"needs a C\+\+ compiler.*apt install g\+\+.*--ppo-compile off"):
         make_trainer(tiny, prompts, compile=True)
+
 
 def test_fixed_kl_coef_stays(tiny, prompts, reward_dir):
     trainer = make_trainer(tiny, prompts, reward_dir, adaptive_kl=False, kl_coef=0.3)
