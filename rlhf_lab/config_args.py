@@ -157,21 +157,26 @@ def check_config(cfg) -> None:
 
 @lru_cache(maxsize=None)
 def field_help(cls) -> dict[str, str]:
-    """{field: help} from a trailing `# comment` on the field's line or a docstring under it."""
+    """{field: help} from a trailing `# comment` on the field's line, with the comment lines that carry it on
+    (up to the next field or a `# --- section` line), or a docstring under it."""
     try:
         source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):
         return {}
-    comments = {}
+    comments, own_line = {}, {}  # line -> text: trailing comments; comments alone on their line
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT:
-            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+            text = tok.string.lstrip("#").strip()
+            (own_line if tok.line.strip().startswith("#") else comments)[tok.start[0]] = text
     helps = {}
     body = ast.parse(source).body[0].body
     for i, node in enumerate(body):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             name = node.target.id
             text = comments.get(node.lineno, "")
+            line = node.end_lineno + 1
+            while text and line in own_line and not own_line[line].startswith("---"):
+                text, line = f"{text} {own_line[line]}", line + 1
             nxt = body[i + 1] if i + 1 < len(body) else None
             if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant) \
                     and isinstance(nxt.value.value, str):

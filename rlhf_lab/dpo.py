@@ -74,30 +74,30 @@ class DPOConfig:
     reward_model: str | None = None  # a reward model to score the trained policy's samples, as PPO's are
     # scored (DPO itself never reads it); None: no reward-model score
     prompts: str = "tiny"  # held-out prompts for the samples: loading.load_prompts(prompts, "validation")
-    # the loss
+    # --- the loss
     loss_type: Annotated[str, OneOf("sigmoid", "ipo")] = "sigmoid"  # sigmoid: DPO; ipo: IPO (Azar et al. 2023)
-    beta: Positive = 0.3  # the KL's weight in the objective DPO solves (Rafailov et al. 2023 and TRL: 0.1)
+    beta: Positive = 0.3  # the KL's weight in the objective DPO solves (Rafailov et al. 2023 and TRL: 0.1);
     # full mode, seed 0: beta 0.1 drifts to 24 nats of KL; 0.3 gains +1.07 gold at 4.2 nats (PPO: +1.14 at
     # 4.1); 1.0 +0.87 at 1.6. For ipo, beta is tau (the margin 1 / (2 tau))
-    # training
+    # --- training
     epochs: Count = 3  # passes over the pairs; 2,000 pairs make 56 steps an epoch (whole rankings of 6 pairs)
     batch_size: Count = 32  # pairs per step, whole rankings at a time (each text scored once), as the RM
     lr: Positive = 1e-3  # Adam on the LoRA, as PPO's (FAST: 3e-3, for its ~300 pairs)
     warmup_steps: Whole = 5  # a short linear warmup, then linear decay to 0, as the reward model
     max_grad_norm: Positive = 1.0  # clip the global gradient norm
     max_length: Annotated[int, Range(2)] = 96  # prompt + response + EOS tokens, as the reward model's
-    # the policy's LoRA (Hu et al. 2021), as PPO's
+    # --- the policy's LoRA (Hu et al. 2021), as PPO's
     r: Count = 8  # LoRA rank, as for SFT, the reward model and PPO
     lora_alpha: Positive = 16.0  # update scale alpha / r = 2
     target_modules: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")  # GPT-2's Conv1D layers
     fused_gelu: bool = True  # GPT-2's gelu_new as torch's fused op, as in PPO (trunk.use_fused_gelu)
-    # evaluation: held-out pairs while training, the policy's samples at the end
+    # --- evaluation: held-out pairs while training, the policy's samples at the end
     eval_every: Count = 25  # steps between held-out pair measurements (the plotted curve)
     eval_prompts: Annotated[int, Range(2)] = 256  # held-out prompts sampled by SFT and DPO, as PPO's
     eval_batch_size: Count = 64  # prompts sampled at a time: PPO's batch_size, so SFT's samples are PPO's draws
     max_new_tokens: Count = 48  # the samples' length limit, as PPO's
     temperature: Positive = 1.0  # sampling temperature of the samples, as PPO's
-    # bookkeeping
+    # --- bookkeeping
     seed: Seed = 0  # LoRA init, batch order, sampling: same seed, same run
     checkpoint_every: Count = 25  # steps between checkpoints (resume=True continues from the last one)
     device: Device = "auto"  # CUDA, then MPS, then CPU

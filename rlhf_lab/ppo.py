@@ -112,19 +112,19 @@ CHECKPOINT_DIR = "checkpoint"
 class PPOConfig:
     """Everything that decides a PPO run; saved as ppo_config.json with the run."""
 
-    algo: Annotated[str, OneOf(*ALGOS)] = "ppo"  # ppo (value head, GAE), rloo (leave-one-out), grpo (group-normalised)
+    algo: Annotated[str, OneOf(*ALGOS)] = "ppo"  # ppo (value head, GAE), rloo (leave-one-out), grpo (group-normalised);
     # ppo: Ziegler et al. 2019; rloo: KL in the reward (Ahmadian et al. 2024); grpo: KL as a loss term (Shao et
     # al. 2024). rloo and grpo have no value head and sample group_size responses per prompt
     group_size: Count | None = None  # k samples per prompt in a batch; None: 1 for ppo, 4 for rloo and grpo
     # (Ahmadian et al. found k = 4 better than 2; batch_size / k prompts keep a batch's cost)
-    # models and data
+    # --- models and data
     model: str = "tiny"  # the pretrained model under the SFT adapter (the "base" of comparisons)
     sft: str | None = None  # SFT adapter folder, merged into the trunk; None: pipeline.ensure_sft()
     reward: Annotated[str, OneOf("rm", "gold")] = "rm"  # "rm": the stage-2 reward model; "gold": the gold
     # labeler itself (to tune PPO, and to tell reward-model errors from PPO errors)
     reward_model: str | None = None  # reward-model folder; None: pipeline.ensure_reward_model()
     prompts: str = "tiny"  # the observations: loading.load_prompts(prompts, "train"); eval on "validation"
-    # rollouts
+    # --- rollouts
     steps: Count = 40  # PPO updates: 40 x 64 = 2,560 episodes; the gold score has flattened by then
     batch_size: Count = 64  # episodes per update (TRL's sentiment notebook: 128); 64 keeps steps short on a CPU
     max_new_tokens: Count = 48  # the SFT model's reviews end after ~30 tokens; 48 leaves room to finish
@@ -134,8 +134,8 @@ class PPOConfig:
     normalize_scores: bool = True  # scores of the initial policy's samples: mean 0, std 1 (Ziegler et al.
     # 2019); the stage-2 RM is normalised on SFT samples already, other rewards get a gain and bias here
     norm_episodes: Annotated[int, Range(2)] = 256  # samples of the initial policy that fit that gain and bias
-    # the KL penalty
-    kl_coef: NonNegative = 0.15  # ppo, rloo: beta at the start (Ziegler et al. 2019's stylistic tasks)
+    # --- the KL penalty
+    kl_coef: NonNegative = 0.15  # ppo, rloo: beta at the start (Ziegler et al. 2019's stylistic tasks);
     # beta * KL goes into the reward; grpo has kl_loss_coef instead
     adaptive_kl: bool = True  # move beta towards kl_target (Ziegler et al. 2019, 2.2); False: beta fixed
     kl_target: Positive = 4.0  # nats per response the controller aims at: Ziegler et al. used 6; here the gold
@@ -145,15 +145,15 @@ class PPOConfig:
     # for runs of ~1M episodes; ours have ~2,500, so beta must follow the KL within a few updates
     kl_kind: Annotated[str, OneOf("k1", "k2", "k3")] = "k1"  # per-token KL estimator in the reward: k1 =
     # log pi - log pi_ref (Ziegler et al.); k2, k3: http://joschu.net/blog/kl-approx.html
-    kl_bound: Positive | None = None  # nats per response; a batch past it warns (None: 3 x kl_target)
+    kl_bound: Positive | None = None  # nats per response; a batch past it warns (None: 3 x kl_target);
     # the adaptive controller holds the KL near its target, so 3x means PPO is running away from the SFT model
     stop_at_kl_bound: bool = False  # stop the run at kl_bound instead of warning (a fixed beta = 0 may
     # drift far on purpose, a lesson in itself, so the default only warns)
-    kl_loss_coef: NonNegative = 0.2  # grpo: fixed beta of the k3 KL term in its loss (Shao et al.: 0.04)
+    kl_loss_coef: NonNegative = 0.2  # grpo: fixed beta of the k3 KL term in its loss (Shao et al.: 0.04);
     # 40 updates on the tiny world, seed 0: 0.04 drifts to 21 nats of KL, 0.1 to 8.2, 0.2 to 4.5 (near PPO's
     # kl_target). grpo's reward has no KL, so kl_coef and the adaptive controller do not apply to it
     group_std: bool = True  # grpo: advantages / the group's std (Shao et al.); off: Dr. GRPO (Liu et al. 2025)
-    # PPO
+    # --- PPO
     ppo_epochs: Count = 4  # passes over each batch (Ziegler et al. 2019; N details)
     minibatch_size: Count = 32  # episodes per gradient step: 2 minibatches x 4 epochs = 8 steps per update
     micro_batch_size: Count | None = None  # episodes per forward/backward pass inside a minibatch (gradient
@@ -164,12 +164,12 @@ class PPOConfig:
     # details)
     gamma: Fraction = 1.0  # ppo: no discounting within a response (Ziegler et al. 2019)
     lam: Fraction = 0.95  # ppo: GAE lambda (Ziegler et al. 2019; N details)
-    whiten_advantages: bool = True  # ppo: zero mean, unit variance per batch (N details)
+    whiten_advantages: bool = True  # ppo: zero mean, unit variance per batch (N details);
     # rloo's and grpo's advantages are used as their papers define them
     lr: Positive = 1e-3  # Adam on LoRA and the value head; LoRA takes larger steps than full fine-tuning
     adam_eps: Positive = 1e-5  # CleanRL's and lm-human-preferences' Adam epsilon
     max_grad_norm: Positive = 1.0  # clip the global gradient norm (N details: 1.0 in TRL's PPO)
-    # the policy's LoRA (Hu et al. 2021)
+    # --- the policy's LoRA (Hu et al. 2021)
     r: Count = 8  # LoRA rank, as for SFT and the reward model
     lora_alpha: Positive = 16.0  # update scale alpha / r = 2, as for SFT
     target_modules: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")  # GPT-2's Conv1D layers
@@ -178,7 +178,7 @@ class PPOConfig:
     compile: bool = False  # torch.compile the policy's forward pass: faster updates after compiling once
     # (one process). Tiny world, 2-core CPU: ~30 s of compiling, then updates ~20% faster: long runs only.
     # Same seed, same run; but its float rounding is not eager's, so its samples part from an eager run's.
-    # bookkeeping
+    # --- bookkeeping
     seed: Seed = 0  # LoRA init, prompt order, sampling: same seed, same run
     checkpoint_every: Count = 10  # steps between checkpoints (resume=True continues from the last one)
     eval_prompts: Annotated[int, Range(2)] = 256  # held-out prompts sampled by SFT and PPO to compare them

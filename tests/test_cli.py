@@ -1,5 +1,6 @@
 """The `rlhf-lab` command, run as a learner runs it: in a subprocess, on the tiny world, FAST mode."""
 
+import dataclasses
 import json
 import math
 import os
@@ -115,3 +116,37 @@ def test_help_comes_from_the_configs():
     for option in ["--sft-lr", "--rm-epochs", "--ppo-kl-target", "--steps", "--lora-r", "--resume", "--fast"]:
         assert option in done.stdout
     assert "Ziegler" in done.stdout  # a field's comment became its help
+
+
+def test_help_carries_a_comment_on_to_its_next_lines_but_not_into_a_section():
+    """A field's help is its trailing comment and the comment lines that go on with it, up to the next field,
+    a blank line or a `# --- section` line; a docstring under a field is its help too."""
+    from rlhf_lab.config_args import field_help
+
+    assert field_help(HelpExample) == {
+        "lr": "step size (Kingma and Ba 2015; the default of the lab's PPO) for LoRA only",
+        "epochs": "passes over the data",
+        "seed": "same seed, same run",
+        "beta": "KL weight documented below",
+        "quiet": "",
+    }
+    from rlhf_lab.ppo import PPOConfig
+    helps = field_help(PPOConfig)
+    assert helps["micro_batch_size"].endswith("None: the whole minibatch in one pass")  # was cut at "(gradient"
+    assert "rollouts" not in helps["prompts"] and "models and data" not in helps["group_size"]  # sections stay out
+
+
+@dataclasses.dataclass
+class HelpExample:
+    """A config written the way the lab's configs are (field_help reads its source)."""
+
+    lr: float = 1e-3  # step size (Kingma and Ba 2015; the default
+    # of the lab's PPO) for LoRA only
+    # --- training
+    epochs: int = 4  # passes over the data
+    seed: int = 0  # same seed, same run
+
+    # a comment after a blank line belongs to nobody
+    beta: float = 0.1
+    """KL weight documented below"""
+    quiet: bool = False
