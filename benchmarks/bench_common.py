@@ -51,6 +51,58 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
+class HeapWatch:
+    """For --heap: glibc's malloc seen from inside a child. A thread reads mallinfo2() every `interval`
+    seconds and keeps the peaks of the bytes malloc'd and in use (uordblks, every arena), of the heap
+    taken from the system for them (arena: the chunks in use plus the free ones glibc keeps), and of
+    the chunks malloc mmapped (hblkhd: reserved, not all of it touched). RSS counts the heap's touched
+    pages, free chunks included, so the gap between the first two peaks is what the allocator holds
+    beyond the live data. The thread costs time: a --heap run's speeds are not the benchmark's.
+    Without glibc 2.33 or later (musl, macOS) there is no mallinfo2 and stop() returns None."""
+
+    FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+              "keepcost")
+
+    def __init__(self, interval: float = 0.001):
+        import ctypes
+        import ctypes.util
+        import threading
+
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(name, ctypes.c_size_t) for name in self.FIELDS]
+
+        self.interval, self.peak, self.done = interval, {}, threading.Event()
+        try:
+            self.mallinfo2 = ctypes.CDLL(ctypes.util.find_library("c")).mallinfo2
+            self.mallinfo2.restype = MallInfo2
+        except (OSError, AttributeError, TypeError):
+            self.mallinfo2 = None
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def read(self) -> dict:
+        info = self.mallinfo2()
+        return {"in_use": info.uordblks, "heap": info.arena, "mmapped": info.hblkhd}
+
+    def _poll(self) -> None:
+        while not self.done.is_set():
+            for key, value in self.read().items():
+                self.peak[key] = max(self.peak.get(key, 0), value)
+            time.sleep(self.interval)
+
+    def start(self) -> "HeapWatch":
+        if self.mallinfo2 is not None:
+            self.thread.start()
+        return self
+
+    def stop(self) -> dict | None:
+        """{"peak": {in_use, heap, mmapped}, "end": the same now}, in bytes; None without mallinfo2."""
+        if self.mallinfo2 is None:
+            return None
+        self.done.set()
+        self.thread.join()
+        return {"peak": dict(self.peak), "end": self.read()}
+
+
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -127,6 +179,34 @@ def read_tables(table: str) -> list[dict]:
         elif not set("".join(cells)) <= set("-: "):
             current["rows"][cells[0]] = cells[1:]
     return tables
+
+
+def heap_rows(row, result_of, heap: bool) -> list[str]:
+    """The report's rows for a --heap run (HeapWatch): malloc's live bytes and its heap at their peaks.
+    row(label, fmt, value) makes a table row; result_of(side) is that side's result."""
+    if not heap:
+        return []
+
+    def peak(side, key):
+        watched = result_of(side).get("heap")
+        return watched["peak"][key] if watched else float("nan")
+
+    return [row("malloc'd and in use, peak (GiB; --heap)", lambda v: f"{v / GIB:.2f}", lambda s: peak(s, "in_use")),
+            row("malloc's heap from the system, peak (GiB; --heap)", lambda v: f"{v / GIB:.2f}",
+                lambda s: peak(s, "heap"))]
+
+
+HEAP_NOTE = ("--heap: a thread polled glibc's mallinfo2 in each side, which slows it; these speeds are not the "
+             "benchmark's")
+
+
+def check_heap(cfg, record: Path | None) -> None:
+    """--heap's watcher slows the sides: a --heap run is recorded only to a file of its own, with "heap" in
+    its name, so that no record of the speeds the READMEs quote can come from one."""
+    if getattr(cfg, "heap", False) and record is not None and "heap" not in record.name:
+        raise SystemExit(f"--heap slows every side (a thread polls the allocator), so its speeds are not the "
+                         f"benchmark's: record it to a file of its own with 'heap' in its name (e.g. "
+                         f"benchmarks/results/<script>_heap.json), not to {record}")
 
 
 # -----------------------------------------------------------------------------
@@ -207,10 +287,14 @@ def run_child(script: str, child: str, work: Path, threads: int, verbose: bool, 
 
 
 def child_main(children: dict, child: str, work: Path, cfg) -> None:
-    """In the child: run children[child](cfg, work) and write its result, with the process's peak memory."""
+    """In the child: run children[child](cfg, work) and write its result, with the process's peak memory
+    (and glibc's heap, HeapWatch, where cfg.heap asks for it)."""
     start = time.perf_counter()
+    watch = HeapWatch().start() if getattr(cfg, "heap", False) else None
     result = children[child](cfg, work)
     result = {"peak_rss": peak_rss()} | result | {"process_seconds": time.perf_counter() - start}
+    if watch is not None:
+        result["heap"] = watch.stop()
     (work / f"result_{child}.json").write_text(json.dumps(result, indent=2))
 
 

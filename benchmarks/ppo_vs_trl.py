@@ -5,6 +5,7 @@
     python benchmarks/ppo_vs_trl.py --updates 3        # a quick check that both sides run
     python benchmarks/ppo_vs_trl.py --rounds 3         # on a busy machine: each side's fastest of 3 rounds
     python benchmarks/ppo_vs_trl.py --sides ours --profile   # where one update of ours spends its time
+    python benchmarks/ppo_vs_trl.py --heap             # where the memory goes: glibc's heap, in use and taken
 
 One invocation runs each side in its own subprocess, one after the other, on the same tiny GPT-2
 (data/tiny-gpt2: 4 layers, 128 dims, vocabulary 2,858), the same 8-token prompts, the same reward
@@ -49,9 +50,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_common import (GIB, TINY, child_main, our_trainer, time_our_updates, child_matmul, config_from_args, config_parser, machine_line,
-                          model_shape, pass_flops, peak_rss, pick_prompts, proc_status, run_child, run_info,
-                          save_reward_models, write_record)
+from bench_common import (GIB, HEAP_NOTE, TINY, check_heap, child_main, child_matmul, config_from_args,
+                          config_parser, heap_rows, machine_line, model_shape, our_trainer, pass_flops,
+                          peak_rss, pick_prompts, proc_status, run_child, run_info, save_reward_models,
+                          time_our_updates, write_record)
 
 
 @dataclass
@@ -77,8 +79,11 @@ class BenchConfig:
     sides: tuple[str, ...] = ("ours", "trl")  # which sides to run, in this order
     rounds: int = 1  # run the sides this many times, interleaved, and keep each side's fastest round
     profile: bool = False  # also profile one extra update of ours (torch.profiler + cProfile)
-    compile: bool = False  # ours with PPOConfig.compile (torch.compile; it compiles in the warm-up update)
+    compile: bool = False  # ours with PPOConfig.compile (torch.compile; it compiles in the warm-up update);
     # TRL's side stays as it is by default, eager
+    heap: bool = False  # also watch glibc's heap in each side (peak malloc'd bytes in use against the heap
+    # taken for them: bench_common.HeapWatch); its thread slows the sides, so --record takes it only to a
+    # file of its own, with "heap" in its name
 
 
 # -----------------------------------------------------------------------------
@@ -415,6 +420,7 @@ def report(cfg: BenchConfig, results: dict, prepare: dict, info: dict) -> str:
         row(f"MFU (fp32 matmul: {info['matmul']['flops_per_second'] / 1e9:.0f} GFLOP/s)", lambda v: f"{v:.1%}",
             lambda s: results[s]["mfu"]),
     ]
+    lines += heap_rows(row, lambda s: results[s], cfg.heap)
     for phase in ("generation", "scoring", "update", "other"):
         lines.append(row(f"s per update: {phase}", lambda v: v, lambda s, p=phase: (
             f"{summary[s]['phase_seconds'][p]:.2f} ({summary[s]['phase_seconds'][p] / summary[s]['mean_seconds']:.0%})"),
@@ -425,6 +431,8 @@ def report(cfg: BenchConfig, results: dict, prepare: dict, info: dict) -> str:
         lines += ["", f"Goal (issue 6): episodes/s >= 2x TRL's: {speed:.2f}x, "
                   f"{'met' if speed >= 2 else 'not met'}; peak memory <= 0.6x TRL's: {memory:.2f}x, "
                   f"{'met' if memory <= 0.6 else 'not met'}."]
+    if cfg.heap:
+        lines += ["", HEAP_NOTE + "."]
     return "\n".join(lines)
 
 
@@ -437,6 +445,7 @@ def main(argv=None) -> None:
         return
 
     cfg = config_from_args(BenchConfig, args)
+    check_heap(cfg, args.record)
     if not 0 < cfg.micro_batch_size <= cfg.batch_size or cfg.batch_size % cfg.micro_batch_size:
         raise SystemExit(f"--micro-batch-size {cfg.micro_batch_size} must divide --batch-size {cfg.batch_size}")
     from importlib.util import find_spec

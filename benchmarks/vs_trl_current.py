@@ -6,6 +6,7 @@
     python benchmarks/vs_trl_current.py                      # 1 warm-up + 10 timed updates per method and side
     python benchmarks/vs_trl_current.py --updates 2          # a quick check that every side runs
     python benchmarks/vs_trl_current.py --methods grpo --rounds 3   # one method, each side's fastest of 3 rounds
+    python benchmarks/vs_trl_current.py --heap               # where the memory goes: glibc's heap, in use and taken
 
 One invocation runs each method and side in its own subprocess, one after the other (as ppo_vs_trl.py
 does for PPO), on the same tiny GPT-2 (data/tiny-gpt2: 4 layers, 128 dims, vocabulary 2,858), the same
@@ -79,8 +80,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_common import (GIB, TINY, child_main, our_trainer, time_our_updates, child_matmul, config_from_args, config_parser, machine_line,
-                          model_shape, pass_flops, pick_prompts, proc_status, run_child, run_info, save_reward_models,
+from bench_common import (GIB, HEAP_NOTE, TINY, check_heap, child_main, child_matmul, config_from_args,
+                          config_parser, heap_rows, machine_line, model_shape, our_trainer, pass_flops,
+                          pick_prompts, proc_status, run_child, run_info, save_reward_models, time_our_updates,
                           write_record)
 
 TRL_VERSION = "1.16.0"  # pyproject.toml's bench-current extra: the newest TRL that installs with transformers 5.x
@@ -97,7 +99,7 @@ class BenchConfig:
     methods: tuple[str, ...] = METHODS  # which methods to run, in this order
     sides: tuple[str, ...] = ("ours", "trl")  # which sides to run, in this order
     rounds: int = 1  # run everything this many times, interleaved, and keep each side's fastest round
-    # RLOO and GRPO
+    # --- RLOO and GRPO
     batch_size: int = 64  # samples per update: batch_size / group_size prompts x group_size samples
     group_size: int = 4  # k samples per prompt (Ahmadian et al. 2024 found 4 better than 2); TRL: num_generations
     epochs: int = 4  # optimizer steps on each batch, one minibatch of batch_size each (ours: ppo_epochs;
@@ -110,15 +112,18 @@ class BenchConfig:
     # response's tokens, EOS included
     kl_coef: float = 0.05  # fixed beta, both sides (TRL's RLOO default): RLOO's in the reward, GRPO's k3 loss term
     temperature: float = 1.0  # sampling temperature, top_k 0, top_p 1 on both sides
-    # DPO
+    # --- DPO
     dpo_batch_size: int = 48  # pairs per optimizer step: 8 prompts x 6 pairs; a multiple of K(K-1)/2
     dpo_samples_per_prompt: int = 4  # K ranked samples per prompt, all K(K-1)/2 pairs; 2: one pair per prompt
     dpo_beta: float = 0.1  # DPO's beta, both sides (Rafailov et al. 2023 and TRL's default)
-    # both
+    # --- both
     lora_r: int = 8  # LoRA rank of the policy, both sides
     lora_alpha: float = 16.0  # LoRA scale alpha / r = 2, both sides
     lr: float = 3e-4  # Adam(W) learning rate, both sides, constant; speed does not depend on it
     seed: int = 0  # prompts, samples, LoRA, heads, sampling
+    heap: bool = False  # also watch glibc's heap in each side (peak malloc'd bytes in use against the heap
+    # taken for them: bench_common.HeapWatch); its thread slows the sides, so --record takes it only to a
+    # file of its own, with "heap" in its name
 
     @property
     def pairs_per_prompt(self) -> int:
@@ -582,6 +587,7 @@ def report(cfg: BenchConfig, results: dict, info: dict) -> str:
                   row("model GFLOP/s (the task's FLOPs)", lambda v: f"{v / 1e9:.2f}",
                       lambda s: res[s]["model_flops_per_second"]),
                   row("MFU", lambda v: f"{v:.1%}", lambda s: res[s]["mfu"])]
+        lines += heap_rows(row, lambda s, res=res: res[s], cfg.heap)
         if m == "dpo":
             lines.append(row("sequences through the model per step", lambda v: f"{v}",
                              lambda s: res[s]["updates"][-1]["sequences"]))
@@ -592,6 +598,8 @@ def report(cfg: BenchConfig, results: dict, info: dict) -> str:
                 lines.append(row(f"s per update: {phase}", lambda v: v, lambda s, p=phase: (
                     f"{res[s]['summary']['phase_seconds'][p]:.2f} "
                     f"({res[s]['summary']['phase_seconds'][p] / res[s]['summary']['mean_seconds']:.0%})"), ratio=False))
+    if cfg.heap:
+        lines += ["", HEAP_NOTE + "."]
     return "\n".join(lines)
 
 
@@ -605,6 +613,7 @@ def main(argv=None) -> None:
 
     cfg = config_from_args(BenchConfig, args)
     cfg.check()
+    check_heap(cfg, args.record)
     from importlib.metadata import PackageNotFoundError, version
     try:
         trl = version("trl")

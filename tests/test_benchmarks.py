@@ -104,3 +104,39 @@ def test_a_record_keeps_the_table_and_no_paths(tmp_path):
     assert [t["header"] for t in tables] == [["", "ours", "TRL", "ours / TRL"], ["method", "x"]]
     assert tables[0]["rows"] == {"speed": ["96.4", "37.6", "2.56x"], "memory": ["0.59", "1.03", "0.57x"]}
     assert tables[1]["rows"] == {"DPO": ["6.9x"]}
+
+
+def test_heap_watch_sees_the_allocations_it_lives_through():
+    """--heap (bench_common.HeapWatch): the peak of malloc's bytes in use rises by what was allocated and freed
+    while it watched, and the heap taken from the system is at least the bytes in use."""
+    common = load("bench_common")
+    watch = common.HeapWatch(interval=0.0005)
+    if watch.mallinfo2 is None:
+        pytest.skip("no glibc mallinfo2 here")
+    before = watch.read()["in_use"]
+    watch.start()
+    import time
+    chunks = [bytearray(64 * 1024) for _ in range(512)]  # 32 MiB in chunks below the mmap threshold: the heap
+    time.sleep(0.05)
+    del chunks
+    time.sleep(0.01)
+    seen = watch.stop()
+    assert seen["peak"]["in_use"] - before >= 30 * 2**20
+    assert seen["peak"]["heap"] >= seen["peak"]["in_use"]
+    assert seen["end"]["in_use"] < seen["peak"]["in_use"] - 20 * 2**20
+
+
+def test_a_heap_run_is_never_recorded_as_the_speed_record(tmp_path):
+    """--heap slows the sides: with --record it must go to a file of its own, named for it."""
+    common = load("bench_common")
+    cfg = load("vs_trl_current").BenchConfig(heap=True)
+    with pytest.raises(SystemExit, match="with 'heap' in its name"):
+        common.check_heap(cfg, Path("benchmarks/results/vs_trl_current.json"))
+    common.check_heap(cfg, Path("benchmarks/results/vs_trl_current_heap.json"))
+    common.check_heap(load("vs_trl_current").BenchConfig(), Path("benchmarks/results/vs_trl_current.json"))
+    rows = common.heap_rows(lambda label, fmt, value: f"| {label} | {fmt(value('ours'))} | {fmt(value('trl'))} |",
+                            {"ours": {"heap": {"peak": {"in_use": 2**29, "heap": 2**30}}}, "trl": {"heap": None}}.get,
+                            True)
+    assert rows == ["| malloc'd and in use, peak (GiB; --heap) | 0.50 | nan |",
+                    "| malloc's heap from the system, peak (GiB; --heap) | 1.00 | nan |"]
+    assert common.heap_rows(None, None, False) == []

@@ -168,6 +168,8 @@ QUOTES = [
     ("benchmarks/README.md", "counts more FLOPs (10,807 GFLOPs against 9,858) and takes less time (61.5 s against",
      record("hub_scale"), lambda r: f"({r['figures']['steps']['ppo_update']['flops'] / 1e9:,.0f} GFLOPs against 9,858) and "
                                     f"takes less time ({r['figures']['steps']['ppo_update']['seconds']:.1f} s against"),
+    ("benchmarks/README.md", "ours allocates 0.40x what TRL 1.12 does",
+     bench_row("ppo_vs_trl_heap", "malloc'd and in use, peak (GiB; --heap)"), lambda c: f"ours allocates {c[2]} what"),
     ("README.md", "| parameters held | 5.0 MiB | 13.7 MiB | 0.36x |",
      bench_row("ppo_vs_trl", "parameters held (MiB)"), lambda c: f"| {c[0]} MiB | {c[1]} MiB | {c[2]} |"),
     ("README.md", "side's fastest of 3 interleaved rounds. Measured 2026-12-05 on a 2-core Intel Xeon machine",
@@ -290,3 +292,37 @@ def test_the_benchmark_tables_are_the_records():
     for line in hub["table"].splitlines():
         if line.startswith("|"):
             assert line in text, f"benchmarks/README.md should have the hub_scale record's row: {line}"
+
+
+def test_where_the_memory_goes_is_the_heap_records():
+    """benchmarks/README.md's --heap table and the figures its bullets quote come from the --heap records
+    (benchmarks/results/*_heap.json): peak RSS, malloc's bytes in use and its heap, per method."""
+    text = (ROOT / "benchmarks" / "README.md").read_text()
+    heap = {}
+    for label, name, index in [("PPO (TRL 1.12)", "ppo_vs_trl_heap", 0), ("DPO", "vs_trl_current_heap", 1),
+                               ("RLOO", "vs_trl_current_heap", 2), ("GRPO", "vs_trl_current_heap", 3)]:
+        rows = read_tables(record(name)()["table"])[index]["rows"]
+        assert "--heap" in record(name)()["command"]
+        rss = next(cells for key, cells in rows.items() if key.startswith("peak RSS"))
+        in_use = rows["malloc'd and in use, peak (GiB; --heap)"]
+        taken = rows["malloc's heap from the system, peak (GiB; --heap)"]
+        rest = [f"{float(rss[i]) - float(taken[i]):.2f}" for i in (0, 1)]
+        row = (f"| {label} | {rss[0]} / {rss[1]} | {rss[2]} | {in_use[0]} / {in_use[1]} | {in_use[2]} | "
+               f"{taken[0]} / {taken[1]} | {taken[2]} | {rest[0]} / {rest[1]} |")
+        assert row in text, f"benchmarks/README.md should have the --heap records' row: {row}"
+        heap[label] = {"rss": rss, "in_use": in_use, "heap": taken, "rest": rest}
+    ppo, rloo, grpo = heap["PPO (TRL 1.12)"], heap["RLOO"], heap["GRPO"]
+    rloo_total = 0.6 * float(rloo["rss"][1])
+    ppo_heap = 0.5 * float(ppo["rss"][1]) - float(ppo["rest"][0])
+    sentences = [
+        f"What ours allocates is {ppo['in_use'][2]} (PPO) to {grpo['in_use'][2]} (GRPO) of what TRL allocates.",
+        f"{rloo['rest'][0]} GiB of ours and {ppo['rest'][1]} to {rloo['rest'][1]} GiB of TRL's",
+        f"({rloo['heap'][0]} against {rloo['in_use'][0]} GiB)",
+        f"at 0.6x of TRL's {rloo['rss'][1]} GiB, RLOO would have {rloo_total:.2f} GiB in all, which leaves "
+        f"{rloo_total - float(rloo['rest'][0]):.2f} GiB of heap beside ours' {rloo['rest'][0]} GiB of libraries",
+        f"PPO at 0.5x of TRL 1.12's {ppo['rss'][1]} GiB would leave about {ppo_heap:.2f} GiB of heap, where "
+        f"ours has {ppo['in_use'][0]} GiB in use at its peak",
+    ]
+    flat = " ".join(text.split())
+    for sentence in sentences:
+        assert sentence in flat, f"benchmarks/README.md should say: {sentence}"
