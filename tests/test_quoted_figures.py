@@ -326,3 +326,37 @@ def test_where_the_memory_goes_is_the_heap_records():
     flat = " ".join(text.split())
     for sentence in sentences:
         assert sentence in flat, f"benchmarks/README.md should say: {sentence}"
+
+
+def test_the_allocator_table_is_the_allocator_records():
+    """benchmarks/README.md's allocator table: each cell is ours / TRL (speed, peak memory) from the default
+    records (glibc) and from benchmarks/results/allocators.json (jemalloc, tcmalloc preloaded into both sides)."""
+    text = (ROOT / "benchmarks" / "README.md").read_text()
+
+    def cells(rec):
+        ppo = read_tables(rec["ppo_vs_trl"]["table"])[0]["rows"]
+        current = read_tables(rec["vs_trl_current"]["table"])[0]["rows"]
+        peak = next(v for k, v in ppo.items() if k.startswith("peak RSS"))
+        return [f"{ppo['episodes / s (median)'][2]}, {peak[2]}"] + [
+            f"{current[m][3]}, {current[m][6]}" for m in ("DPO", "RLOO", "GRPO")]
+
+    allocators = record("allocators")()
+    rows = [("glibc 2.36, the default (the records above, 3 rounds)",
+             {"ppo_vs_trl": record("ppo_vs_trl")(), "vs_trl_current": record("vs_trl_current")()}),
+            ("jemalloc 5.3", allocators["jemalloc"]), ("tcmalloc 2.10 (gperftools, minimal)", allocators["tcmalloc"])]
+    for label, rec in rows:
+        row = "| " + " | ".join([label, *cells(rec)]) + " |"
+        assert row in text, f"benchmarks/README.md should have the allocator row: {row}"
+    for name in ("jemalloc", "tcmalloc"):
+        assert all(f"lib{name}" in allocators[name][s]["command"] for s in ("ppo_vs_trl", "vs_trl_current"))
+    tc = read_tables(allocators["tcmalloc"]["vs_trl_current"]["table"])[0]["rows"]["RLOO"]
+    je = read_tables(allocators["jemalloc"]["vs_trl_current"]["table"])[0]["rows"]["RLOO"]
+    flat = " ".join(text.split())
+    ours = [float(read_tables(allocators[a]["vs_trl_current"]["table"])[0]["rows"][m][4])
+            for a in ("jemalloc", "tcmalloc") for m in ("DPO", "RLOO", "GRPO")]
+    ours += [float(next(v for k, v in read_tables(allocators[a]["ppo_vs_trl"]["table"])[0]["rows"].items()
+                        if k.startswith("peak RSS"))[0]) for a in ("jemalloc", "tcmalloc")]
+    assert f"Both lower ours' peak to {min(ours):.2f} to {max(ours):.2f} GiB." in flat
+    assert f"jemalloc lowers TRL's as much (RLOO: {je[5]} GiB)" in flat
+    assert f"tcmalloc leaves TRL's peak ({tc[5]} GiB) and speeds TRL up more than ours (RLOO: {tc[2]} samples/s " \
+           f"against jemalloc's {je[2]})" in flat
