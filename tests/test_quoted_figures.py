@@ -45,6 +45,11 @@ def bench_row(name, label, table=0):
     return source
 
 
+def peak_rss_cells(rows):
+    """The cells of a benchmark table's peak-RSS row, whose label says whether it is the highest of several rounds."""
+    return next(cells for label, cells in rows.items() if label.startswith("peak RSS"))
+
+
 def pct(x, digits=0):
     return f"{100 * x:.{digits}f}%"
 
@@ -303,7 +308,7 @@ def test_where_the_memory_goes_is_the_heap_records():
                                ("RLOO", "vs_trl_current_heap", 2), ("GRPO", "vs_trl_current_heap", 3)]:
         rows = read_tables(record(name)()["table"])[index]["rows"]
         assert "--heap" in record(name)()["command"]
-        rss = next(cells for key, cells in rows.items() if key.startswith("peak RSS"))
+        rss = peak_rss_cells(rows)
         in_use = rows["malloc'd and in use, peak (GiB; --heap)"]
         taken = rows["malloc's heap from the system, peak (GiB; --heap)"]
         rest = [f"{float(rss[i]) - float(taken[i]):.2f}" for i in (0, 1)]
@@ -336,7 +341,7 @@ def test_the_allocator_table_is_the_allocator_records():
     def cells(rec):
         ppo = read_tables(rec["ppo_vs_trl"]["table"])[0]["rows"]
         current = read_tables(rec["vs_trl_current"]["table"])[0]["rows"]
-        peak = next(v for k, v in ppo.items() if k.startswith("peak RSS"))
+        peak = peak_rss_cells(ppo)
         return [f"{ppo['episodes / s (median)'][2]}, {peak[2]}"] + [
             f"{current[m][3]}, {current[m][6]}" for m in ("DPO", "RLOO", "GRPO")]
 
@@ -354,8 +359,8 @@ def test_the_allocator_table_is_the_allocator_records():
     flat = " ".join(text.split())
     ours = [float(read_tables(allocators[a]["vs_trl_current"]["table"])[0]["rows"][m][4])
             for a in ("jemalloc", "tcmalloc") for m in ("DPO", "RLOO", "GRPO")]
-    ours += [float(next(v for k, v in read_tables(allocators[a]["ppo_vs_trl"]["table"])[0]["rows"].items()
-                        if k.startswith("peak RSS"))[0]) for a in ("jemalloc", "tcmalloc")]
+    ours += [float(peak_rss_cells(read_tables(allocators[a]["ppo_vs_trl"]["table"])[0]["rows"])[0])
+             for a in ("jemalloc", "tcmalloc")]
     assert f"Both lower ours' peak to {min(ours):.2f} to {max(ours):.2f} GiB." in flat
     assert f"jemalloc lowers TRL's as much (RLOO: {je[5]} GiB)" in flat
     assert f"tcmalloc leaves TRL's peak ({tc[5]} GiB) and speeds TRL up more than ours (RLOO: {tc[2]} samples/s " \
